@@ -1,0 +1,19 @@
+# Training-loop settings shared by every pretraining config (detectron2's configs/common/train.py
+# plus the keys d2ssl adds: epochs, seed, reference_world_size).
+train = dict(
+    output_dir="./output",
+    init_checkpoint="",
+    max_iter=90000,
+    # If set, max_iter = ceil(epochs * data set size / total_batch_size), computed at start.
+    epochs=None,
+    amp=dict(enabled=False),
+    ddp=dict(broadcast_buffers=False, find_unused_parameters=False, fp16_compression=False),
+    # max_to_keep: keep the last K periodic checkpoints (the final one is always kept).
+    checkpointer=dict(period=5000, max_to_keep=5),
+    log_period=20,
+    device="cuda",
+    seed=0,
+    # Number of processes the batch size and lr below are written for; on another number of GPUs the
+    # linear scaling rule adapts them (d2ssl.engine.train_loop.scale_to_world_size). 0 = never scale.
+    reference_world_size=8,
+)

@@ -1,0 +1,34 @@
+# CPU-sized Jigsaw for the demo and the tests: Fashion-MNIST (28 px photos upscaled to 64), a 2x2 grid
+# with all 4! = 24 permutations (chance accuracy 1/24), a ResNet-18 with 16 stem channels.
+from detectron2.config import LazyCall as L
+
+from d2ssl.data.datasets import get_dataset_dicts
+
+from ..common.models import TINY, TINY_FEATURE_DIM
+from ..jigsaw_R50 import dataloader, lr_multiplier, model, optimizer, train
+
+GRID = 2
+NUM_PERMUTATIONS = 24
+
+dataloader.train.dataset = L(get_dataset_dicts)(names="fashion_mnist_train")
+dataloader.train.mapper.permutations.update(path="", num_tiles=GRID * GRID, num_permutations=NUM_PERMUTATIONS)
+dataloader.train.mapper.update(grid=GRID, resize_size=64, crop_size=64, tile_size=28, grayscale_prob=0.0)
+dataloader.train.total_batch_size = 32
+dataloader.train.num_workers = 0
+
+model.trunk = TINY
+model.head.per_tile.dims = [TINY_FEATURE_DIM, 64]
+model.head.on_concat.dims = [64 * GRID * GRID, NUM_PERMUTATIONS]
+model.head.num_tiles = GRID * GRID
+
+optimizer.lr = 0.05
+train.epochs = None
+train.max_iter = 200
+train.device = "cpu"
+train.reference_world_size = 0
+train.checkpointer.period = 100
+train.log_period = 20
+train.output_dir = "output/tiny_jigsaw"
+lr_multiplier.milestones = [80]
+lr_multiplier.num_updates = 100
+lr_multiplier.values = [1.0, 0.1]

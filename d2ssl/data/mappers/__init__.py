@@ -1,0 +1,3 @@
+from d2ssl.data.mappers.jigsaw import JigsawMapper
+
+__all__ = ["JigsawMapper"]

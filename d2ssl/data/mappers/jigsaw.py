@@ -1,0 +1,82 @@
+"""Jigsaw puzzles (Noroozi & Favaro 2016) with VISSL's recipe (``configs/config/pretrain/jigsaw``)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torchvision import transforms as T
+
+from d2ssl.data.image_io import read_rgb_image
+from d2ssl.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    cut_tiles,
+    normalize_per_tile,
+    to_normalized_tensor,
+    torch_rng_from,
+    validate_permutations,
+)
+
+
+class JigsawMapper:
+    """Dataset dict -> ``{"tiles": (T, 3, t, t), "perm_index": int, "image_id": int}``.
+
+    VISSL's ``jigsaw_8gpu_resnet.yaml``: resize the shorter side to 256, random horizontal flip,
+    random 255 crop, grayscale with p 0.66, ImageNet normalisation of the whole crop, a 3x3 grid of
+    85 px cells with a random 64 px tile in each, then tiles shuffled by a permutation drawn
+    uniformly from the set; the label is the permutation's row. Output slot ``s`` holds original tile
+    ``permutations[perm_index][s]``.
+
+    ``per_tile_normalization=True`` standardises each tile by its own statistics (Noroozi's
+    original code; VISSL normalises the whole crop once, the default here).
+    """
+
+    def __init__(
+        self,
+        permutations: np.ndarray,
+        grid: int = 3,
+        resize_size: int = 256,
+        crop_size: int = 255,
+        tile_size: int = 64,
+        grayscale_prob: float = 0.66,
+        per_tile_normalization: bool = False,
+        pixel_mean: tuple[float, float, float] = IMAGENET_MEAN,
+        pixel_std: tuple[float, float, float] = IMAGENET_STD,
+    ):
+        permutations = np.asarray(permutations)
+        validate_permutations(permutations, grid * grid)
+        if tile_size > crop_size // grid:
+            raise ValueError(
+                f"tile_size={tile_size} does not fit a {grid}x{grid} grid on crop_size={crop_size} "
+                f"(cells of {crop_size // grid} px): need tile_size <= crop_size // grid"
+            )
+        self.permutations = torch.as_tensor(permutations, dtype=torch.long)
+        self.grid = grid
+        self.tile_size = tile_size
+        self.per_tile_normalization = per_tile_normalization
+        self.pixel_mean, self.pixel_std = pixel_mean, pixel_std
+        self.augment = T.Compose(
+            [
+                T.Resize(resize_size),
+                T.RandomHorizontalFlip(),
+                # pad_if_needed: images smaller than the crop (tiny data sets) are padded, not rejected.
+                T.RandomCrop(crop_size, pad_if_needed=True),
+                T.RandomGrayscale(p=grayscale_prob),
+            ]
+        )
+
+    @property
+    def num_permutations(self) -> int:
+        return len(self.permutations)
+
+    def __call__(self, dataset_dict: dict, generator: torch.Generator) -> dict:
+        image = read_rgb_image(dataset_dict)
+        with torch_rng_from(generator):
+            image = self.augment(image)
+        crop = to_normalized_tensor(image, self.pixel_mean, self.pixel_std)
+        tiles = cut_tiles(crop, self.grid, self.tile_size, generator)
+        perm_index = int(torch.randint(len(self.permutations), (1,), generator=generator))
+        tiles = tiles[self.permutations[perm_index]]
+        if self.per_tile_normalization:
+            tiles = normalize_per_tile(tiles)
+        return {"tiles": tiles, "perm_index": perm_index, "image_id": dataset_dict["image_id"]}

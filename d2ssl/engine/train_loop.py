@@ -1,0 +1,167 @@
+"""The pretraining loop: detectron2's ``lazyconfig_train_net`` recipe plus what SSL runs need.
+
+What is added to detectron2's recipe, and why:
+- the data set is instantiated first, so that every ``num_train_samples: -1`` in the model config
+  (the NCE memory bank size) is filled with its length, as VISSL's trainer does;
+- ``train.epochs`` (optional) sets ``max_iter`` from the data set size and batch size;
+- linear learning-rate scaling to the actual number of processes (``scale_to_world_size``);
+- exact resume: atomic checkpoints, the sampler restarted at the resumed iteration, RNG states saved.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import torch
+from detectron2.config import LazyConfig, instantiate
+from detectron2.engine import AMPTrainer, SimpleTrainer, default_setup, default_writers, hooks
+from detectron2.engine.defaults import create_ddp_model
+from detectron2.utils import comm
+from detectron2.utils.registry import locate
+from omegaconf import DictConfig, ListConfig
+
+from d2ssl.config import validate_config
+from d2ssl.engine.checkpointer import AtomicCheckpointer
+from d2ssl.engine.hooks import RandomStateCheckpoint, ResumeDataOrder
+
+logger = logging.getLogger("d2ssl")
+
+
+def scale_to_world_size(cfg: DictConfig, world_size: int) -> None:
+    """Linear scaling rule (Goyal et al. 2017), applied like detectron2's ``auto_scale_workers``.
+
+    The config's ``dataloader.train.total_batch_size`` and ``optimizer.lr`` are written for
+    ``train.reference_world_size`` processes. On ``world_size`` processes, the batch size and the
+    learning rate are multiplied by ``world_size / reference_world_size`` and an iteration-based
+    ``max_iter`` divided by it, so the number of epochs is unchanged. ``reference_world_size=0``
+    turns scaling off. VISSL's ``auto_scale`` does the same from a base batch size of 256.
+    """
+    reference = cfg.train.get("reference_world_size", 0)
+    if not reference or reference == world_size:
+        return
+    factor = world_size / reference
+    batch = cfg.dataloader.train.total_batch_size
+    new_batch = int(round(batch * factor))
+    if new_batch < 1 or abs(new_batch - batch * factor) > 1e-6:
+        raise ValueError(
+            f"cannot scale dataloader.train.total_batch_size={batch} from train.reference_world_size="
+            f"{reference} to {world_size} processes; set train.reference_world_size=0 to disable scaling"
+        )
+    cfg.dataloader.train.total_batch_size = new_batch
+    cfg.optimizer.lr = cfg.optimizer.lr * factor
+    if cfg.train.get("epochs") is None:
+        cfg.train.max_iter = int(round(cfg.train.max_iter / factor))
+    logger.info(
+        "linear scaling for %d processes (config written for %d): total_batch_size %d -> %d, lr x%.4g",
+        world_size, reference, batch, new_batch, factor,
+    )
+
+
+def fill_num_train_samples(node: Any, num_samples: int) -> int:
+    """Sets every ``num_train_samples`` left at -1 (or None) under ``node`` to ``num_samples``."""
+    filled = 0
+    if isinstance(node, DictConfig):
+        for key in node.keys():
+            value = node[key]
+            if key == "num_train_samples" and (value is None or value == -1):
+                node[key] = num_samples
+                filled += 1
+            else:
+                filled += fill_num_train_samples(value, num_samples)
+    elif isinstance(node, ListConfig):
+        for value in node:
+            filled += fill_num_train_samples(value, num_samples)
+    return filled
+
+
+def setup_config(config_file: str, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    """Loads a LazyConfig, applies ``key=value`` overrides and checks it (unknown keys fail here)."""
+    cfg = LazyConfig.load(config_file)
+    cfg = apply_overrides(cfg, overrides, config_file)
+    validate_config(cfg, config_file)
+    return cfg
+
+
+def apply_overrides(cfg: DictConfig, overrides, config_file: str = "<config>") -> DictConfig:
+    """``LazyConfig.apply_overrides`` that refuses keys absent from the config (a typo would
+    otherwise add a new key silently)."""
+    for override in overrides:
+        if "=" not in override:
+            raise ValueError(f"override {override!r} must have the form key=value")
+        key = override.split("=", 1)[0].strip()
+        node, parts = cfg, key.split(".")
+        for i, part in enumerate(parts):
+            if not isinstance(node, (DictConfig, dict)) or part not in node:
+                have = sorted(node.keys()) if isinstance(node, (DictConfig, dict)) else []
+                raise KeyError(
+                    f"unknown config key {'.'.join(parts[: i + 1])!r} in override {override!r} for "
+                    f"{config_file}; keys there: {have}"
+                )
+            node = node[part]
+    return LazyConfig.apply_overrides(cfg, list(overrides))
+
+
+def instantiate_with(node: DictConfig, **objects: Any) -> Any:
+    """``instantiate(node)`` with some arguments given as already-built objects.
+
+    Used for the data set: a list of thousands of dicts must not be put back into the OmegaConf tree,
+    which would convert every element.
+    """
+    target = node._target_
+    target = locate(target) if isinstance(target, str) else target
+    kwargs = {k: instantiate(v) for k, v in node.items() if k != "_target_" and k not in objects}
+    return target(**kwargs, **objects)
+
+
+def do_train(cfg: DictConfig, resume: bool = False) -> dict[str, float]:
+    """Trains ``cfg`` (a LazyConfig with ``model``, ``dataloader.train``, ``optimizer``,
+    ``lr_multiplier``, ``train``) and returns the latest logged scalars.
+
+    With ``resume=True`` it continues from ``train.output_dir/last_checkpoint`` if there is one:
+    model (memory bank included), optimizer, scheduler, iteration, data order and random state.
+    """
+    scale_to_world_size(cfg, comm.get_world_size())
+    dataset = instantiate(cfg.dataloader.train.dataset)
+    fill_num_train_samples(cfg.model, len(dataset))
+    if cfg.train.get("epochs") is not None:
+        cfg.train.max_iter = math.ceil(cfg.train.epochs * len(dataset) / cfg.dataloader.train.total_batch_size)
+
+    model = instantiate(cfg.model)
+    logger.info("Model:\n%s", model)
+    model.to(cfg.train.device)
+    cfg.optimizer.params.model = model
+    optimizer = instantiate(cfg.optimizer)
+    train_loader = instantiate_with(cfg.dataloader.train, dataset=dataset)
+
+    model = create_ddp_model(model, **cfg.train.ddp)
+    trainer = (AMPTrainer if cfg.train.amp.enabled else SimpleTrainer)(model, train_loader, optimizer)
+    checkpointer = AtomicCheckpointer(model, cfg.train.output_dir, trainer=trainer)
+    trainer.register_hooks(
+        [
+            hooks.IterationTimer(),
+            ResumeDataOrder(train_loader.batch_sampler.sampler),
+            RandomStateCheckpoint(),
+            hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
+            hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if comm.is_main_process() else None,
+            hooks.PeriodicWriter(
+                default_writers(cfg.train.output_dir, cfg.train.max_iter), period=cfg.train.log_period
+            )
+            if comm.is_main_process()
+            else None,
+        ]
+    )
+    checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=resume)
+    # The checkpoint stores the iteration that just finished: continue with the next one.
+    start_iter = trainer.iter + 1 if resume and checkpointer.has_checkpoint() else 0
+    trainer.train(start_iter, cfg.train.max_iter)
+    return {k: v[0] for k, v in trainer.storage.latest().items()}
+
+
+def main(args) -> dict[str, float]:
+    """Entry point of ``tools/train_net.py`` in each launched process."""
+    cfg = setup_config(args.config_file, args.opts)
+    default_setup(cfg, args)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    return do_train(cfg, resume=args.resume)

@@ -1,0 +1,67 @@
+"""What every pretraining meta-architecture shares: a trunk, batching of mapper outputs, metric logging."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from detectron2.utils.events import get_event_storage
+from torch import nn
+
+from d2ssl.modeling.backbone import trunk_output_channels
+
+
+class SSLMetaArch(nn.Module):
+    """Base of the d2ssl meta-architectures.
+
+    Subclasses implement ``losses(batched_inputs) -> dict[str, Tensor]``. ``forward`` returns those
+    losses in training (detectron2's trainer sums and logs them) and pooled trunk features
+    ``(N, C)`` of ``batched_inputs[i]["image"]`` in eval, which is what feature extraction, kNN and
+    the linear benchmark consume.
+    """
+
+    def __init__(self, trunk: nn.Module, feature: str = "res5"):
+        super().__init__()
+        self.trunk = trunk
+        self.feature = feature
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def feature_dim(self) -> int:
+        return trunk_output_channels(self.trunk, self.feature)
+
+    def pooled_features(self, images: torch.Tensor) -> torch.Tensor:
+        """``(N, 3, H, W) -> (N, C)``: global average pool of the trunk's ``feature`` output."""
+        return torch.flatten(nn.functional.adaptive_avg_pool2d(self.trunk(images)[self.feature], 1), 1)
+
+    def stack(self, batched_inputs: Sequence[dict], key: str) -> torch.Tensor:
+        """Stacks ``batched_inputs[i][key]`` (tensors or ints) into one tensor on the model's device."""
+        values = [x[key] for x in batched_inputs]
+        if isinstance(values[0], torch.Tensor):
+            return torch.stack(values).to(self.device, non_blocking=True)
+        return torch.as_tensor(values, device=self.device)
+
+    def forward(self, batched_inputs: Sequence[dict]):
+        if self.training:
+            return self.losses(batched_inputs)
+        return self.pooled_features(self.stack(batched_inputs, "image"))
+
+    def losses(self, batched_inputs: Sequence[dict]) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    @staticmethod
+    def log_metrics(**metrics: float | torch.Tensor) -> None:
+        """Puts scalars into the current ``EventStorage`` (no-op outside a trainer)."""
+        try:
+            storage = get_event_storage()
+        except AssertionError:
+            return
+        storage.put_scalars(**{k: float(v) for k, v in metrics.items()})
+
+
+def accuracy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Top-1 accuracy of ``(N, K)`` logits against ``(N,)`` targets, as a 0-dim tensor in [0, 1]."""
+    return (logits.argmax(dim=1) == targets).float().mean()

@@ -1,0 +1,29 @@
+#!/usr/bin/env python
+"""Pretrain with a d2ssl LazyConfig, through detectron2's launcher.
+
+    python tools/train_net.py --config-file configs/pirl_R50.py --num-gpus 8 [key=value ...]
+    python tools/train_net.py --config-file configs/tiny/jigsaw.py train.max_iter=50
+    python tools/train_net.py --config-file ... --resume          # continue from output_dir
+
+Multi-machine: --num-machines N --machine-rank R --dist-url tcp://HOST:PORT (detectron2's flags).
+"""
+
+from detectron2.engine import default_argument_parser, launch
+
+from d2ssl.engine.train_loop import main
+
+
+def cli() -> None:
+    args = default_argument_parser().parse_args()
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
+
+
+if __name__ == "__main__":
+    cli()
