@@ -26,7 +26,7 @@ def validate_config(cfg: DictConfig, config_file: str = "<config>") -> None:
                         config_file, allow_zero=False)
     epochs = cfg.train.get("epochs")
     if epochs is not None and not (isinstance(epochs, (int, float)) and epochs > 0):
-        raise ConfigError(f"{config_file}: train.epochs must be a positive number or None, got {epochs!r}")
+        raise ConfigError(f"{config_file}: train.epochs must be a positive number or null, got {epochs!r}")
     lr = cfg.optimizer.get("lr")
     if lr is not None and not (isinstance(lr, (int, float)) and lr > 0):
         raise ConfigError(f"{config_file}: optimizer.lr must be a positive number, got {lr!r}")

@@ -1,8 +1,10 @@
 """Learning-rate multipliers in units of epochs, independent of max_iter (detectron2's LRMultiplier
 maps iteration / max_iter onto them), so overriding train.epochs or max_iter keeps their shape."""
 
+import math
+
 from detectron2.config import LazyCall as L
-from fvcore.common.param_scheduler import CosineParamScheduler, MultiStepParamScheduler
+from fvcore.common.param_scheduler import CosineParamScheduler, MultiStepParamScheduler, StepParamScheduler
 
 
 def multistep(milestones, num_epochs, gamma=0.1):
@@ -12,3 +14,11 @@ def multistep(milestones, num_epochs, gamma=0.1):
 
 def cosine(end_value=0.0):
     return L(CosineParamScheduler)(start_value=1.0, end_value=end_value)
+
+
+def cosine_per_epoch(num_epochs, end_value=0.0):
+    # A cosine updated once per epoch, as MoCo/JigClu's adjust_learning_rate (no warmup): epoch e of
+    # num_epochs runs at end + (1 - end) * 0.5 * (1 + cos(pi * e / num_epochs)).
+    half_cosines = [0.5 * (1 + math.cos(math.pi * e / num_epochs)) for e in range(num_epochs)]
+    values = [end_value + (1 - end_value) * c for c in half_cosines]
+    return L(StepParamScheduler)(num_updates=num_epochs, values=values)

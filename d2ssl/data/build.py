@@ -71,9 +71,13 @@ class ResumableTrainingSampler(torch.utils.data.Sampler):
 class SeededMapDataset(torch.utils.data.Dataset):
     """Applies ``mapper(dict, generator)`` to the item named by ``(index, stream_position)``.
 
-    An image that cannot be read is replaced by the next one in the data set (deterministically)
-    and counted; when more than ``max_bad_fraction`` of the images read so far (after at least
-    ``min_reads_before_check``) failed, it raises an error naming examples.
+    An image the mapper rejects with ``BadImageError`` (unreadable, or too small for the recipe) is
+    replaced by the next one in the data set, with a generator that depends only on the stream
+    position and the attempt, so the replacement is the same in every run and worker. Each skip is
+    logged with the running count. Once at least ``min(min_reads_before_check, len(dataset))``
+    images were read, more than ``max_bad_fraction`` of them failing raises ``BadImageError``
+    naming up to five of the failures: a mostly-broken data set stops instead of training on the
+    few readable images. With ``num_workers > 0`` each worker counts the reads it made.
     """
 
     def __init__(
@@ -84,14 +88,16 @@ class SeededMapDataset(torch.utils.data.Dataset):
         max_bad_fraction: float = 0.1,
         min_reads_before_check: int = 50,
     ):
+        if not 0.0 <= max_bad_fraction <= 1.0:
+            raise ValueError(f"max_bad_fraction must be in [0, 1], got {max_bad_fraction!r}")
         self.dataset = DatasetFromList(list(dataset), copy=False, serialize=True)
         self.mapper = mapper
         self.seed = seed
         self.max_bad_fraction = max_bad_fraction
-        self.min_reads_before_check = min_reads_before_check
+        self.min_reads_before_check = min(min_reads_before_check, len(self.dataset))
         self.num_reads = 0
-        self.bad_examples: dict[int, str] = {}
         self.num_bad = 0
+        self.bad_examples: dict[int, str] = {}
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -109,23 +115,26 @@ class SeededMapDataset(torch.utils.data.Dataset):
                 continue
             out.setdefault("stream_position", position)
             return out
-        raise RuntimeError("every image of the data set failed to load")
+        raise BadImageError(f"none of the {len(self.dataset)} images of the data set can be used. "
+                            f"Examples:\n  {self._examples()}")
+
+    def _examples(self) -> str:
+        return "\n  ".join(self.bad_examples.values())
 
     def _record_bad(self, idx: int, message: str) -> None:
         self.num_bad += 1
         if len(self.bad_examples) < 5:
             self.bad_examples[idx] = message
-        logger.warning(
-            "skipping unreadable image (%d of %d read so far): %s", self.num_bad, self.num_reads, message
-        )
+        logger.warning("skipped image %d (%d of %d read so far failed): %s", idx, self.num_bad, self.num_reads,
+                       message)
         if (
             self.num_reads >= self.min_reads_before_check
             and self.num_bad > self.max_bad_fraction * self.num_reads
         ):
-            examples = "\n  ".join(self.bad_examples.values())
             raise BadImageError(
-                f"{self.num_bad} of {self.num_reads} images read failed to load, more than "
-                f"max_bad_fraction={self.max_bad_fraction}; the data set looks broken. Examples:\n  {examples}"
+                f"{self.num_bad} of {self.num_reads} images read failed, more than "
+                f"max_bad_fraction={self.max_bad_fraction}: the data set looks broken. Examples:\n  "
+                f"{self._examples()}"
             )
 
 
@@ -140,7 +149,8 @@ def build_ssl_train_loader(
     """An infinite loader of lists of mapped dicts, ``total_batch_size // world_size`` per rank.
 
     ``loader.batch_sampler.sampler`` is the ``ResumableTrainingSampler``; call its
-    ``set_start_iter`` before iterating to resume.
+    ``set_start_iter`` before iterating to resume. Unusable images are skipped and counted; more
+    than ``max_bad_fraction`` of them stops the run (``SeededMapDataset``).
     """
     world_size = comm.get_world_size()
     if total_batch_size <= 0 or total_batch_size % world_size != 0:
@@ -157,4 +167,8 @@ def build_ssl_train_loader(
         collate_fn=trivial_batch_collator,
         worker_init_fn=worker_init_reset_seed,
         persistent_workers=False,
+        # Without its own generator, creating the loader's iterator draws from torch's global RNG:
+        # a resumed run (iterator created after the RNG state is restored) would then diverge from
+        # an uninterrupted one in every random choice the model makes.
+        generator=torch.Generator().manual_seed(seed),
     )

@@ -168,17 +168,21 @@ def color_augmentation(
     gaussian_blur_prob: float = 0.0,
     blur_sigma: tuple[float, float] = (0.1, 2.0),
     horizontal_flip: bool = True,
+    photometric_prob: float = 0.0,
 ):
     """The photometric recipe shared by the methods (torchvision transforms on PIL images).
 
     Defaults are MoCo-v2/JigClu's (jitter 0.4/0.4/0.4/0.1 with p 0.8, grayscale p 0.2); the
     ``gaussian_blur_prob=0.5`` variant is VISSL's ``photo_gblur`` / SimCLR blur with sigma in [0.1, 2].
+    ``photometric_prob=0.66`` adds PIRL's ``ImgPilRandomPhotometric`` after the jitter.
     """
     from torchvision import transforms as T
 
     ops = []
     if color_jitter is not None:
         ops.append(T.RandomApply([T.ColorJitter(*color_jitter)], p=color_jitter_prob))
+    if photometric_prob > 0:
+        ops.append(T.RandomApply([RandomPhotometric()], p=photometric_prob))
     if grayscale_prob > 0:
         ops.append(T.RandomGrayscale(p=grayscale_prob))
     if gaussian_blur_prob > 0:
@@ -187,3 +191,33 @@ def color_augmentation(
     if horizontal_flip:
         ops.append(T.RandomHorizontalFlip())
     return T.Compose(ops)
+
+
+def photo_gblur_augmentation(strength: float = 1.0):
+    """VISSL's ``transforms/photo_gblur.yaml`` (the recommended PIRL recipe, SimCLR's colour
+    distortion): jitter ``(0.8, 0.8, 0.8, 0.2) * strength`` with p 0.8, grayscale p 0.2, Gaussian
+    blur with p 0.5 (sigma in [0.1, 2]), horizontal flip."""
+    jitter = (0.8 * strength, 0.8 * strength, 0.8 * strength, 0.2 * strength)
+    return color_augmentation(
+        color_jitter=jitter, color_jitter_prob=0.8, grayscale_prob=0.2, gaussian_blur_prob=0.5
+    )
+
+
+class RandomPhotometric:
+    """PIRL's photometric transform (VISSL's ``ImgPilRandomPhotometric`` without its own p): posterize
+    to 4-8 bits, sharpness factor in [0.1, 1.9), solarize above a threshold in 0-256, autocontrast, all
+    applied in turn to a PIL image. Values are drawn from torch's RNG, so ``torch_rng_from`` seeds them."""
+
+    def __call__(self, image):
+        from PIL import ImageEnhance, ImageOps
+
+        bits = int(torch.randint(4, 9, (1,)))
+        sharpness = 0.1 + 1.8 * float(torch.rand(1))
+        threshold = int(torch.randint(0, 257, (1,)))
+        image = ImageOps.posterize(image, bits)
+        image = ImageEnhance.Sharpness(image).enhance(sharpness)
+        image = ImageOps.solarize(image, threshold)
+        return ImageOps.autocontrast(image)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(bits 4-8, sharpness 0.1-1.9, solarize 0-256, autocontrast)"

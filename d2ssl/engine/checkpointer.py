@@ -40,5 +40,11 @@ class AtomicCheckpointer(DetectionCheckpointer):
             if hasattr(f, "flush") and hasattr(f, "fileno"):
                 f.flush()
                 os.fsync(f.fileno())
-        # iopath's mv is os.rename-backed for local paths: atomic on POSIX within a file system.
-        self.path_manager.mv(tmp, path)
+        local_dir = self.path_manager.get_local_path(os.path.dirname(path))
+        if os.path.isdir(local_dir):
+            # os.replace is atomic on POSIX and overwrites; iopath's mv refuses an existing target.
+            os.replace(os.path.join(local_dir, os.path.basename(tmp)), os.path.join(local_dir, os.path.basename(path)))
+        else:  # remote store: no atomic rename exists, keep the tmp-then-move order at least
+            if self.path_manager.exists(path):
+                self.path_manager.rm(path)
+            self.path_manager.mv(tmp, path)

@@ -1,18 +1,28 @@
-"""Training hooks that make a d2ssl run resumable exactly."""
+"""Training hooks that make a d2ssl run resume exactly and keep its checkpoints safe."""
 
 from __future__ import annotations
 
+import logging
+import os
 import random
+import re
 
 import numpy as np
 import torch
-from detectron2.engine import HookBase
+from detectron2.engine import HookBase, hooks
+
+logger = logging.getLogger(__name__)
 
 
 class ResumeDataOrder(HookBase):
     """Before training starts (at iteration 0 or after a resume), moves the loader's
     ``ResumableTrainingSampler`` to the trainer's start iteration, so the resumed run sees the
-    samples and augmentations an uninterrupted run would."""
+    samples and augmentations an uninterrupted run would.
+
+    Its state (data set size, batch size, seed) goes into checkpoints: resuming on a data set of
+    another size is an error (the stream, and NPID/PIRL memory-bank indices, would not continue);
+    another batch size or seed only warns, since the run can go on, just not identically.
+    """
 
     def __init__(self, sampler):
         self.sampler = sampler
@@ -20,16 +30,47 @@ class ResumeDataOrder(HookBase):
     def before_train(self) -> None:
         self.sampler.set_start_iter(self.trainer.iter)
 
+    def state_dict(self) -> dict:
+        return {
+            "dataset_size": self.sampler.size,
+            "total_batch_size": self.sampler.total_batch_size,
+            "seed": self.sampler.seed,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["dataset_size"] != self.sampler.size:
+            raise ValueError(
+                f"the checkpoint was trained on a data set of {state['dataset_size']} images, this run has "
+                f"{self.sampler.size}: resume needs the same data set (use train.init_checkpoint to start "
+                f"a new run from its weights)"
+            )
+        for key, now in (("total_batch_size", self.sampler.total_batch_size), ("seed", self.sampler.seed)):
+            if state[key] != now:
+                logger.warning(
+                    "resuming with dataloader.train.%s=%s, the checkpoint's run used %s: the data order "
+                    "will differ from an uninterrupted run", key, now, state[key],
+                )
+
 
 class RandomStateCheckpoint(HookBase):
     """Stores the training process's python/numpy/torch random states in every checkpoint (the
     trainer saves the ``state_dict`` of its hooks) and restores them on resume, so random choices
-    made inside the model (e.g. NCE negatives) continue identically."""
+    made inside the model (e.g. NCE negatives) continue identically.
+
+    The state is kept in types that ``torch.load(weights_only=True)`` accepts (no numpy arrays).
+    """
 
     def state_dict(self) -> dict:
+        name, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
         state = {
             "python": random.getstate(),
-            "numpy": np.random.get_state(),
+            "numpy": {
+                "bit_generator": name,
+                "keys": torch.from_numpy(keys.astype(np.int64)),
+                "pos": int(pos),
+                "has_gauss": int(has_gauss),
+                "cached_gaussian": float(cached_gaussian),
+            },
             "torch": torch.get_rng_state(),
         }
         if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -38,7 +79,61 @@ class RandomStateCheckpoint(HookBase):
 
     def load_state_dict(self, state: dict) -> None:
         random.setstate(state["python"])
-        np.random.set_state(state["numpy"])
+        np_state = state["numpy"]
+        np.random.set_state(
+            (
+                np_state["bit_generator"],
+                np_state["keys"].numpy().astype(np.uint32),
+                np_state["pos"],
+                np_state["has_gauss"],
+                np_state["cached_gaussian"],
+            )
+        )
         torch.set_rng_state(state["torch"])
         if "cuda" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class PeriodicCheckpointer(hooks.PeriodicCheckpointer):
+    """detectron2's periodic checkpointer, with two guarantees added:
+
+    - ``max_to_keep`` holds across restarts: the periodic checkpoints already in the output folder
+      (up to the resumed iteration) count towards it, so a run resumed many times still keeps K;
+    - after training stopped on an exception (e.g. a non-finite loss), ``after_train`` writes
+      nothing, whatever the base class would do there, so the last good checkpoint stays the last.
+    """
+
+    def before_train(self) -> None:
+        super().before_train()
+        if self.max_to_keep is not None:
+            self.recent_checkpoints = self._existing_periodic_checkpoints(before_iter=self.trainer.iter)
+
+    def step(self, iteration: int, **kwargs) -> None:
+        super().step(iteration, **kwargs)
+        if self.max_to_keep is not None:
+            while len(self.recent_checkpoints) > self.max_to_keep:
+                stale = self.recent_checkpoints.pop(0)
+                if self.path_manager.exists(stale):
+                    self.path_manager.rm(stale)
+
+    def after_train(self) -> None:
+        # detectron2's loop leaves iter at max_iter (or beyond) only when every step succeeded.
+        if self.trainer.iter < self.trainer.max_iter:
+            logger.warning(
+                "training stopped at iteration %d by an exception: no checkpoint written after it (last "
+                "complete checkpoint: %s)", self.trainer.iter, self.checkpointer.get_checkpoint_file() or "none",
+            )
+            return
+        super().after_train()
+
+    def _existing_periodic_checkpoints(self, before_iter: int) -> list[str]:
+        save_dir = self.checkpointer.save_dir
+        if not save_dir or not self.path_manager.isdir(save_dir):
+            return []
+        pattern = re.compile(rf"^{re.escape(self.file_prefix)}_(\d+)\.pth$")
+        found = []
+        for name in self.path_manager.ls(save_dir):
+            match = pattern.match(name)
+            if match and int(match.group(1)) < before_iter:
+                found.append((int(match.group(1)), os.path.join(save_dir, name)))
+        return [path for _, path in sorted(found)]

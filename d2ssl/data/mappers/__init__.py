@@ -1,3 +1,7 @@
+from d2ssl.data.mappers.image import ImageMapper
 from d2ssl.data.mappers.jigsaw import JigsawMapper
+from d2ssl.data.mappers.montage import JigsawClusteringMapper
+from d2ssl.data.mappers.pirl import PIRLMapper
+from d2ssl.data.mappers.rotation import RotationMapper
 
-__all__ = ["JigsawMapper"]
+__all__ = ["ImageMapper", "PIRLMapper", "JigsawMapper", "RotationMapper", "JigsawClusteringMapper"]

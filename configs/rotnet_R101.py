@@ -1,0 +1,5 @@
+# RotNet with ResNet-101 (same 2048-d features, so the head is unchanged).
+from .rotnet_R50 import dataloader, lr_multiplier, model, optimizer, train  # noqa: F401  (LazyConfig exports every section)
+
+model.trunk.depth = 101
+train.output_dir = "output/rotnet_R101"

@@ -1,0 +1,30 @@
+# CPU-sized Jigsaw Clustering for the demo and the tests: Fashion-MNIST (28 px photos; each 22 px
+# quadrant crop resized to a 32 px patch, montages of 64 px), 16 images (64 patches) per step, a
+# ResNet-18 with 16 stem channels and plain BatchNorm.
+from detectron2.config import LazyCall as L
+
+from d2ssl.data.datasets import get_dataset_dicts
+
+from ..common.models import TINY, TINY_FEATURE_DIM
+from ..common.schedules import cosine_per_epoch
+from ..jigclu_R50 import NUM_POSITIONS, dataloader, model, optimizer, train  # noqa: F401
+
+dataloader.train.dataset = L(get_dataset_dicts)(names="fashion_mnist_train")
+dataloader.train.mapper.update(patch_size=32, crop_scale=(0.5, 1.0))
+dataloader.train.total_batch_size = 16
+dataloader.train.num_workers = 0
+
+model.trunk = TINY
+del TINY  # a building block, not a config section (LazyConfig keeps every top-level dict)
+model.cluster_head.dims = [TINY_FEATURE_DIM, TINY_FEATURE_DIM, 32]
+model.location_head.dims = [TINY_FEATURE_DIM, NUM_POSITIONS]
+
+train.epochs = None
+train.max_iter = 200
+train.device = "cpu"
+train.reference_world_size = 0
+train.checkpointer.period = 100
+train.log_period = 20
+train.output_dir = "output/tiny_jigclu"
+# max_iter is short of an epoch: spread 10 cosine steps over the run instead of 200.
+lr_multiplier = cosine_per_epoch(10)

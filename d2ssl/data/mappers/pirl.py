@@ -1,0 +1,80 @@
+"""PIRL's two views (Misra & van der Maaten 2019): the image, and jigsaw tiles of another crop of it.
+
+VISSL's ``ImgPilToPatchesAndImage`` followed by per-view transforms
+(``configs/config/pretrain/pirl/pirl_jigsaw_4node_resnet50.yaml``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision import transforms as T
+
+from d2ssl.data.image_io import read_rgb_image
+from d2ssl.data.transforms import IMAGENET_MEAN, IMAGENET_STD, cut_tiles, to_normalized_tensor, torch_rng_from
+
+
+class PIRLMapper:
+    """Dataset dict -> ``{"image": (3, S, S), "tiles": (T, 3, t, t), "tile_order": (T,), "image_id": int}``.
+
+    - ``image``: a ``RandomResizedCrop(image_size, image_scale)`` of the image (224, 0.08-1).
+    - ``tiles``: an independent ``RandomResizedCrop(patch_crop_size, patch_crop_scale)`` (255, 0.6-1)
+      cut into ``grid x grid`` cells with a random ``tile_size`` crop in each (3x3 cells of 85 px,
+      64 px tiles), shuffled uniformly over all ``T!`` orders: slot ``s`` holds the tile of cell
+      ``tile_order[s]`` (cells numbered row-major, ``r * grid + c``). PIRL has no permutation set and
+      no permutation label: the order only keeps the concatenated tile features from encoding position.
+    - ``augmentation`` (PIL -> PIL) runs independently on the image and on every tile, then ImageNet
+      normalisation. VISSL: ``color_augmentation(color_jitter=(0.4, 0.4, 0.4, 0.2),
+      color_jitter_prob=1, photometric_prob=0.66, grayscale_prob=0.2)`` (flip included), or
+      ``photo_gblur_augmentation()``.
+    """
+
+    def __init__(
+        self,
+        augmentation: Callable | None = None,
+        image_size: int = 224,
+        image_scale: tuple[float, float] = (0.08, 1.0),
+        patch_crop_size: int = 255,
+        patch_crop_scale: tuple[float, float] = (0.6, 1.0),
+        grid: int = 3,
+        tile_size: int = 64,
+        pixel_mean: tuple[float, float, float] = IMAGENET_MEAN,
+        pixel_std: tuple[float, float, float] = IMAGENET_STD,
+    ):
+        if tile_size > patch_crop_size // grid:
+            raise ValueError(
+                f"tile_size={tile_size} does not fit a {grid}x{grid} grid on patch_crop_size={patch_crop_size} "
+                f"(cells of {patch_crop_size // grid} px): need tile_size <= patch_crop_size // grid"
+            )
+        self.augmentation = augmentation
+        self.image_crop = T.RandomResizedCrop(image_size, scale=tuple(image_scale))
+        self.patch_crop = T.RandomResizedCrop(patch_crop_size, scale=tuple(patch_crop_scale))
+        self.grid = grid
+        self.tile_size = tile_size
+        self.pixel_mean, self.pixel_std = pixel_mean, pixel_std
+
+    @property
+    def num_tiles(self) -> int:
+        return self.grid * self.grid
+
+    def __call__(self, dataset_dict: dict, generator: torch.Generator) -> dict:
+        image = read_rgb_image(dataset_dict)
+        with torch_rng_from(generator):
+            views = [self.image_crop(image)]
+            patch_crop = torch.from_numpy(np.array(self.patch_crop(image))).permute(2, 0, 1)
+            # Cut the uint8 crop, as VISSL does: each tile is then augmented on its own, like a photo.
+            tiles = cut_tiles(patch_crop, self.grid, self.tile_size)
+            tile_order = torch.randperm(self.num_tiles)
+            views += [Image.fromarray(tile.permute(1, 2, 0).numpy()) for tile in tiles[tile_order]]
+            if self.augmentation is not None:
+                views = [self.augmentation(view) for view in views]
+        tensors = [to_normalized_tensor(view, self.pixel_mean, self.pixel_std) for view in views]
+        return {
+            "image": tensors[0],
+            "tiles": torch.stack(tensors[1:]),
+            "tile_order": tile_order,
+            "image_id": dataset_dict["image_id"],
+        }

@@ -1,0 +1,78 @@
+"""Rotation prediction (RotNet, Gidaris et al. 2018) with VISSL's crop recipe
+(``configs/config/pretrain/rotnet/rotnet_8gpu_resnet.yaml``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torchvision import transforms as T
+
+from d2ssl.data.image_io import read_rgb_image
+from d2ssl.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    color_augmentation,
+    to_normalized_tensor,
+    torch_rng_from,
+)
+
+NUM_ROTATIONS = 4  # 0, 90, 180, 270 degrees
+
+
+def rotate(image: torch.Tensor, label: int) -> torch.Tensor:
+    """Rotates a ``(C, H, W)`` image by ``label * 90`` degrees counter-clockwise, pixel-exactly
+    (the direction of torchvision's ``rotate`` and VISSL's ``ImgRotatePil``)."""
+    return torch.rot90(image, k=int(label), dims=(1, 2))
+
+
+class RotationMapper:
+    """Dataset dict -> ``{"images": (R, 3, S, S), "rotation_labels": (R,), "image_id": int}``.
+
+    One square random-resized crop (VISSL: 224 px, scale 0.08-1), then ``augmentation`` (VISSL: a
+    horizontal flip only; ``color_augmentation(gaussian_blur_prob=0.5, ...)`` gives the blur
+    variant), normalisation, and ``R = rotations_per_image`` exact rotations of that one crop;
+    ``images[r]`` is the crop rotated by ``rotation_labels[r] * 90`` degrees counter-clockwise.
+
+    ``rotations_per_image=4`` (default) puts all four rotations of each image in the batch, as
+    Gidaris et al.'s code; ``1`` draws one rotation uniformly per image, as VISSL. Between, a random
+    subset of distinct rotations.
+
+    Differences from VISSL, both so that the label is exact: VISSL rotates the whole (possibly
+    non-square) image before cropping, which blacks out corners at 90/270 degrees; here the square crop
+    is rotated. And VISSL flips *after* rotating, which turns an image rotated by 90 degrees into a
+    flipped image rotated by 270 under label 90; here the flip, like every augmentation, happens before
+    the rotation (as in Gidaris et al.).
+    """
+
+    def __init__(
+        self,
+        crop_size: int = 224,
+        crop_scale: tuple[float, float] = (0.08, 1.0),
+        augmentation: Callable | None = None,
+        rotations_per_image: int = NUM_ROTATIONS,
+        pixel_mean: tuple[float, float, float] = IMAGENET_MEAN,
+        pixel_std: tuple[float, float, float] = IMAGENET_STD,
+    ):
+        if not 1 <= rotations_per_image <= NUM_ROTATIONS:
+            raise ValueError(
+                f"rotations_per_image must be between 1 and {NUM_ROTATIONS}, got {rotations_per_image}"
+            )
+        self.rotations_per_image = rotations_per_image
+        self.crop = T.RandomResizedCrop(crop_size, scale=tuple(crop_scale))
+        if augmentation is None:
+            augmentation = color_augmentation(color_jitter=None, grayscale_prob=0.0, horizontal_flip=True)
+        self.augmentation = augmentation
+        self.pixel_mean, self.pixel_std = pixel_mean, pixel_std
+
+    def __call__(self, dataset_dict: dict, generator: torch.Generator) -> dict:
+        image = read_rgb_image(dataset_dict)
+        with torch_rng_from(generator):
+            image = self.augmentation(self.crop(image))
+        crop = to_normalized_tensor(image, self.pixel_mean, self.pixel_std)
+        if self.rotations_per_image == NUM_ROTATIONS:
+            labels = torch.arange(NUM_ROTATIONS)
+        else:
+            labels = torch.randperm(NUM_ROTATIONS, generator=generator)[: self.rotations_per_image]
+        images = torch.stack([rotate(crop, k) for k in labels.tolist()])
+        return {"images": images, "rotation_labels": labels, "image_id": dataset_dict["image_id"]}

@@ -1,0 +1,3 @@
+from d2ssl.losses.nce import NCELossWithMemory
+
+__all__ = ["NCELossWithMemory"]

@@ -1,0 +1,124 @@
+"""Jigsaw Clustering (JigClu; Chen, Liu & Jia, CVPR 2021), as ``dvlab-research/JigsawClustering``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.distributed as dist
+from detectron2.modeling import META_ARCH_REGISTRY
+from detectron2.utils import comm
+from torch import nn
+from torch.distributed.nn.functional import all_gather as differentiable_all_gather
+from torch.nn import functional as F
+
+from d2ssl.data.mappers.montage import NUM_PATCHES, assemble_montages
+from d2ssl.losses.supcon import SupConLoss
+from d2ssl.modeling.meta_arch.base import SSLMetaArch, accuracy
+
+
+def concat_all_gather(tensor: torch.Tensor, differentiable: bool = False) -> torch.Tensor:
+    """Concatenates ``tensor`` of every rank along dim 0, in rank order (a no-op on one process).
+
+    With ``differentiable=True`` the backward pass sends each rank the sum over ranks of the
+    gradients of its slice (as JigClu's ``diffdist``): when every rank computes the same loss on
+    the gathered tensor, DDP's gradient averaging then yields the gradient of that one loss.
+    """
+    if comm.get_world_size() == 1:
+        return tensor
+    if differentiable:
+        return torch.cat(differentiable_all_gather(tensor), dim=0)
+    gathered = [torch.empty_like(tensor) for _ in range(comm.get_world_size())]
+    dist.all_gather(gathered, tensor.contiguous())
+    return torch.cat(gathered, dim=0)
+
+
+@META_ARCH_REGISTRY.register()
+class JigsawClustering(SSLMetaArch):
+    """Clusters the patches of shuffled montages by source image and classifies their positions.
+
+    Per step (``JigClu/jigclu.py``): the ``(n, 4, 3, P, P)`` patches of every rank are gathered into
+    the global batch of ``N`` images, shuffled by one permutation of all ``4N`` patches drawn on rank
+    0 and broadcast, and tiled into ``N`` montages of ``2P x 2P``; each rank runs the trunk on its
+    ``n`` montages only. The trunk's ``feature`` map is bilinearly resized to
+    ``upsample_size x upsample_size`` (JigClu: 7x7 -> 8x8) and average-pooled to 2x2, one
+    ``C``-dim feature per montage slot. Those are gathered from every rank with gradients, so the
+    losses are computed on all ``4N`` patch features and equal the single-process full-batch losses:
+
+    - ``loss_clu``: supervised contrastive loss of ``normalize(cluster_head(f))`` (JigClu: Linear(C, C),
+      ReLU, Linear(C, 128)), positives = the 3 other patches of the same image, scaled by
+      ``temperature / base_temperature``;
+    - ``loss_loc``: cross-entropy of ``location_head(f)`` (JigClu: Linear(C, 4)) against the patch's
+      position in its source image (row-major, see ``d2ssl.data.mappers.montage``).
+
+    Each is multiplied by its weight (JigClu's ``--loss_clu`` / ``--loss_loc``, both 1).
+    """
+
+    def __init__(
+        self,
+        trunk: nn.Module,
+        cluster_head: nn.Module,
+        location_head: nn.Module,
+        temperature: float = 0.3,
+        base_temperature: float = 0.07,
+        cluster_loss_weight: float = 1.0,
+        location_loss_weight: float = 1.0,
+        upsample_size: int | None = 8,
+        feature: str = "res5",
+    ):
+        super().__init__(trunk, feature)
+        self.cluster_head = cluster_head
+        self.location_head = location_head
+        self.cluster_loss = SupConLoss(temperature, base_temperature)
+        self.cluster_loss_weight = cluster_loss_weight
+        self.location_loss_weight = location_loss_weight
+        self.upsample_size = upsample_size
+
+    def shuffle(self, num_patches: int) -> torch.Tensor:
+        """One random permutation of ``num_patches`` indices, identical on every rank (rank 0's)."""
+        # Drawn from the CPU generator, whose state the checkpoints keep, so a resumed run continues
+        # with the same permutations.
+        permutation = torch.randperm(num_patches).to(self.device)
+        if comm.get_world_size() > 1:
+            dist.broadcast(permutation, src=0)
+        return permutation
+
+    def slot_features(self, montages: torch.Tensor) -> torch.Tensor:
+        """``(n, 3, 2P, 2P) -> (n, C, 2, 2)``: one trunk feature per montage slot."""
+        fmap = self.trunk(montages)[self.feature]
+        if self.upsample_size:
+            size = (self.upsample_size, self.upsample_size)
+            fmap = F.interpolate(fmap, size=size, mode="bilinear", align_corners=False)
+        return F.adaptive_avg_pool2d(fmap, 2)
+
+    def losses(self, batched_inputs: Sequence[dict]) -> dict[str, torch.Tensor]:
+        local_patches = self.stack(batched_inputs, "patches")
+        n = len(local_patches)
+        with torch.no_grad():
+            patches = concat_all_gather(local_patches)
+            permutation = self.shuffle(NUM_PATCHES * len(patches))
+            montages, cluster_labels, location_labels = assemble_montages(patches, permutation)
+        start = comm.get_rank() * n
+        quadrants = concat_all_gather(self.slot_features(montages[start : start + n]), differentiable=True)
+        # (N, C, 2, 2) -> (4N, C) with row s * N + m = slot s of montage m: the order of the labels.
+        features = quadrants.permute(2, 3, 0, 1).flatten(0, 2)
+
+        embeddings = F.normalize(self.cluster_head(features), dim=1)
+        loss_clu = self.cluster_loss(embeddings, cluster_labels)
+        location_logits = self.location_head(features)
+        loss_loc = F.cross_entropy(location_logits, location_labels)
+        self.log_metrics(
+            jigclu_location_accuracy=accuracy(location_logits.detach(), location_labels),
+            jigclu_cluster_accuracy=nearest_neighbour_accuracy(embeddings.detach(), cluster_labels),
+        )
+        return {
+            "loss_clu": self.cluster_loss_weight * loss_clu,
+            "loss_loc": self.location_loss_weight * loss_loc,
+        }
+
+
+def nearest_neighbour_accuracy(embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Fraction of ``(M, D)`` embeddings whose most similar other embedding has the same label."""
+    similarity = embeddings @ embeddings.T
+    similarity.fill_diagonal_(float("-inf"))
+    return (labels[similarity.argmax(dim=1)] == labels).float().mean()

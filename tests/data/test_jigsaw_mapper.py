@@ -1,0 +1,82 @@
+import numpy as np
+import pytest
+import torch
+
+from d2ssl.data.mappers import JigsawMapper
+from d2ssl.data.transforms import IMAGENET_MEAN, IMAGENET_STD, cut_tiles, generate_permutations
+
+
+def _mapper(**kw):
+    args = dict(permutations=generate_permutations(4, 24, seed=0), grid=2, resize_size=64, crop_size=64,
+                tile_size=32, grayscale_prob=0.0)
+    args.update(kw)
+    return JigsawMapper(**args)
+
+
+def test_cut_tiles_without_jitter_reassembles_the_crop():
+    image = torch.arange(3 * 6 * 6, dtype=torch.float32).view(3, 6, 6)
+    tiles = cut_tiles(image, grid=3, tile_size=2, generator=torch.Generator().manual_seed(0))
+    assert tiles.shape == (9, 3, 2, 2)
+    rows = [torch.cat(list(tiles[r * 3 : r * 3 + 3]), dim=2) for r in range(3)]
+    torch.testing.assert_close(torch.cat(rows, dim=1), image)
+
+
+def test_jittered_tiles_lie_inside_their_cells():
+    image = torch.arange(255 * 255, dtype=torch.float32).view(1, 255, 255)
+    tiles = cut_tiles(image, grid=3, tile_size=64, generator=torch.Generator().manual_seed(1))
+    for k, tile in enumerate(tiles):
+        top_left = int(tile[0, 0, 0])
+        y, x = divmod(top_left, 255)
+        r, c = divmod(k, 3)
+        assert r * 85 <= y <= r * 85 + 21 and c * 85 <= x <= c * 85 + 21
+        torch.testing.assert_close(tile, image[:, y : y + 64, x : x + 64])
+
+
+def test_shuffled_tiles_undo_to_the_crop(fashion_mnist_small):
+    mapper = _mapper()
+    out = mapper(dict(fashion_mnist_small[3]), torch.Generator().manual_seed(7))
+    assert out["tiles"].shape == (4, 3, 32, 32)
+    perm = mapper.permutations[out["perm_index"]]
+    # slot s holds original tile perm[s]; with tile_size == cell size the tiles tile the crop exactly.
+    original = torch.empty_like(out["tiles"])
+    original[perm] = out["tiles"]
+    crop = torch.cat([torch.cat([original[0], original[1]], 2), torch.cat([original[2], original[3]], 2)], 1)
+    # Resize 28 -> 64 and a 64 crop leave only the flip random: the reassembled crop is the
+    # resized image, flipped or not.
+    from PIL import Image
+    from torchvision.transforms import functional as F
+
+    resized = F.resize(Image.fromarray(fashion_mnist_small[3]["image"]).convert("RGB"), 64)
+    expected = F.normalize(F.to_tensor(resized), IMAGENET_MEAN, IMAGENET_STD)
+    assert torch.allclose(crop, expected, atol=1e-5) or torch.allclose(crop, expected.flip(2), atol=1e-5)
+
+
+def test_same_generator_seed_gives_same_views_and_labels(fashion_mnist_small):
+    mapper = _mapper(grayscale_prob=0.5)
+    a = mapper(dict(fashion_mnist_small[0]), torch.Generator().manual_seed(11))
+    b = mapper(dict(fashion_mnist_small[0]), torch.Generator().manual_seed(11))
+    c = mapper(dict(fashion_mnist_small[0]), torch.Generator().manual_seed(12))
+    torch.testing.assert_close(a["tiles"], b["tiles"])
+    assert a["perm_index"] == b["perm_index"]
+    assert a["image_id"] == 0
+    assert not torch.equal(a["tiles"], c["tiles"])
+
+
+def test_labels_cover_the_permutation_set_uniformly(fashion_mnist_small):
+    mapper = _mapper()
+    image = fashion_mnist_small[0]
+    labels = [mapper(dict(image), torch.Generator().manual_seed(s))["perm_index"] for s in range(480)]
+    counts = np.bincount(labels, minlength=24)
+    assert counts.min() > 5 and counts.max() < 40  # expectation 20 each
+
+
+def test_per_tile_normalization_standardises_each_tile(fashion_mnist_small):
+    out = _mapper(per_tile_normalization=True)(dict(fashion_mnist_small[1]), torch.Generator().manual_seed(0))
+    flat = out["tiles"].flatten(1)
+    torch.testing.assert_close(flat.mean(1), torch.zeros(4), atol=1e-4, rtol=0)
+    assert ((flat.std(1) - 1).abs() < 1e-3).all() or (flat.std(1) < 1e-3).any()
+
+
+def test_grid_that_does_not_fit_the_crop_is_rejected():
+    with pytest.raises(ValueError, match="tile_size=64 does not fit a 3x3 grid on crop_size=96"):
+        JigsawMapper(generate_permutations(9, 5), grid=3, crop_size=96, tile_size=64)
