@@ -1,11 +1,38 @@
-"""Checks on a loaded LazyConfig that catch mistakes before any work starts."""
+"""Checks on a loaded LazyConfig that catch mistakes before any work starts.
+
+``validate_config`` runs in ``setup_config``, before anything is built. Besides the shape of the
+``train`` section, it checks every ``L(target)(...)`` node of the config against ``target``'s
+signature: an argument the target does not take, or a value of the wrong type for an argument
+annotated ``int``/``float``/``bool``/``str`` (or ``Optional``/``Union``/``Literal`` of those),
+is a ``ConfigError`` naming the key and what is allowed. Checks that need the data set (the NCE
+memory size) run in ``do_train`` once it is loaded (``check_num_train_samples``); checks between
+several arguments of one object (a tile grid that must fit the crop) are in its constructor.
+"""
 
 from __future__ import annotations
 
-from omegaconf import DictConfig
+import collections.abc
+import inspect
+import logging
+import re
+import types
+import typing
+from typing import Any
+
+from detectron2.utils.registry import locate
+from omegaconf import DictConfig, ListConfig
+
+logger = logging.getLogger(__name__)
 
 REQUIRED_SECTIONS = ("model", "dataloader", "optimizer", "lr_multiplier", "train")
 REQUIRED_TRAIN_KEYS = ("output_dir", "max_iter", "device", "checkpointer", "log_period", "amp", "ddp")
+# Every key the training loop reads from ``train``; anything else is a typo. Add new keys here.
+OPTIONAL_TRAIN_KEYS = (
+    "init_checkpoint", "weights_init", "epochs", "seed", "reference_world_size", "cudnn_benchmark",
+    "eval_period", "precise_bn",
+)
+CHECKPOINTER_KEYS = ("period", "max_to_keep", "file_prefix")
+_DEVICE = re.compile(r"^(cpu|cuda(:\d+)?|mps)$")
 
 
 class ConfigError(ValueError):
@@ -13,26 +40,176 @@ class ConfigError(ValueError):
 
 
 def validate_config(cfg: DictConfig, config_file: str = "<config>") -> None:
+    """Raises ``ConfigError`` naming the key and the allowed values for the first problem found."""
     missing = [s for s in REQUIRED_SECTIONS if s not in cfg]
     if missing:
         raise ConfigError(f"{config_file}: missing top-level sections {missing} (need {list(REQUIRED_SECTIONS)})")
     missing = [k for k in REQUIRED_TRAIN_KEYS if k not in cfg.train]
     if missing:
         raise ConfigError(f"{config_file}: train is missing keys {missing}")
+    _check_known_keys(cfg.train, "train", REQUIRED_TRAIN_KEYS + OPTIONAL_TRAIN_KEYS, config_file)
+    _check_known_keys(cfg.train.checkpointer, "train.checkpointer", CHECKPOINTER_KEYS, config_file)
     if "train" not in cfg.dataloader:
         raise ConfigError(f"{config_file}: dataloader.train is missing")
-    _check_positive_int(cfg.train.max_iter, "train.max_iter", config_file, allow_zero=False)
+    _check_positive_int(cfg.train.max_iter, "train.max_iter", config_file)
+    _check_positive_int(cfg.train.log_period, "train.log_period", config_file)
+    _check_positive_int(cfg.train.checkpointer.get("period"), "train.checkpointer.period", config_file)
+    max_to_keep = cfg.train.checkpointer.get("max_to_keep")
+    if max_to_keep is not None:
+        _check_positive_int(max_to_keep, "train.checkpointer.max_to_keep", config_file, or_null=True)
     _check_positive_int(cfg.dataloader.train.get("total_batch_size", 1), "dataloader.train.total_batch_size",
-                        config_file, allow_zero=False)
+                        config_file)
     epochs = cfg.train.get("epochs")
-    if epochs is not None and not (isinstance(epochs, (int, float)) and epochs > 0):
+    if epochs is not None and not (_is_number(epochs) and epochs > 0):
         raise ConfigError(f"{config_file}: train.epochs must be a positive number or null, got {epochs!r}")
     lr = cfg.optimizer.get("lr")
-    if lr is not None and not (isinstance(lr, (int, float)) and lr > 0):
+    if lr is not None and not (_is_number(lr) and lr > 0):
         raise ConfigError(f"{config_file}: optimizer.lr must be a positive number, got {lr!r}")
+    device = cfg.train.device
+    if not (isinstance(device, str) and _DEVICE.match(device)):
+        raise ConfigError(f"{config_file}: train.device must be 'cpu', 'cuda' or 'cuda:<index>', got {device!r}")
+    if not isinstance(cfg.train.amp.get("enabled", False), bool):
+        raise ConfigError(f"{config_file}: train.amp.enabled must be true or false, got {cfg.train.amp.enabled!r}")
+    check_call_arguments(cfg, config_file)
 
 
-def _check_positive_int(value, key: str, config_file: str, allow_zero: bool) -> None:
-    ok = isinstance(value, int) and not isinstance(value, bool) and (value > 0 or (allow_zero and value == 0))
-    if not ok:
-        raise ConfigError(f"{config_file}: {key} must be a positive integer, got {value!r}")
+def check_num_train_samples(node: Any, num_samples: int, path: str = "model") -> None:
+    """Every ``num_train_samples`` under ``node`` (after ``fill_num_train_samples``) must be at least
+    the data set size: the NCE memory bank keeps one slot per image, indexed by ``image_id``."""
+    for key, value, child_path in _children(node, path):
+        if key == "num_train_samples" and isinstance(value, int) and value < num_samples:
+            raise ConfigError(
+                f"{child_path}={value} is smaller than the data set ({num_samples} images): the memory bank "
+                f"needs one entry per image; allowed: >= {num_samples}, or -1 to use the data set size"
+            )
+        check_num_train_samples(value, num_samples, child_path)
+
+
+def check_call_arguments(cfg: Any, config_file: str = "<config>", path: str = "") -> None:
+    """Checks the arguments of every ``L(target)(...)`` node under ``cfg`` against ``target``'s
+    signature: unknown names and wrongly typed literals raise ``ConfigError``."""
+    if isinstance(cfg, DictConfig) and "_target_" in cfg:
+        _check_node(cfg, config_file, path or "<root>")
+    for _, value, child_path in _children(cfg, path):
+        check_call_arguments(value, config_file, child_path)
+
+
+def _children(node: Any, path: str):
+    if isinstance(node, DictConfig):
+        for key in node.keys():
+            if key == "_target_":
+                continue
+            try:
+                value = node[key]
+            except Exception:  # missing (???) or unresolvable interpolation: nothing to check
+                continue
+            yield key, value, f"{path}.{key}" if path else str(key)
+    elif isinstance(node, ListConfig):
+        for i, value in enumerate(node):
+            yield i, value, f"{path}[{i}]"
+
+
+def _check_node(node: DictConfig, config_file: str, path: str) -> None:
+    target = node._target_
+    if isinstance(target, str):
+        try:
+            target = locate(target)
+        except Exception as e:
+            raise ConfigError(f"{config_file}: {path}._target_={node._target_!r} cannot be imported: {e}") from e
+    try:
+        signature = inspect.signature(target)
+    except (TypeError, ValueError):  # builtins without a signature: nothing to check against
+        return
+    params = signature.parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    named = [n for n, p in params.items() if p.kind not in (inspect.Parameter.VAR_POSITIONAL,
+                                                               inspect.Parameter.VAR_KEYWORD)]
+    name = getattr(target, "__qualname__", repr(target))
+    hints = _type_hints(target)
+    for key in node.keys():
+        if key == "_target_":
+            continue
+        if key not in params:
+            if takes_any:
+                continue
+            raise ConfigError(f"{config_file}: unknown key {path}.{key}: {name} takes {named}")
+        try:
+            value = node[key]
+        except Exception:
+            continue
+        hint = hints.get(key)
+        if hint is not None and not _matches(value, hint):
+            raise ConfigError(
+                f"{config_file}: {path}.{key}={value!r} ({type(value).__name__}) has the wrong type: "
+                f"{name} takes {key}: {_describe(hint)}"
+            )
+
+
+def _type_hints(target: Any) -> dict[str, Any]:
+    function = target.__init__ if inspect.isclass(target) else target
+    try:
+        return typing.get_type_hints(function)
+    except Exception:  # annotations naming types that cannot be resolved: skip type checks
+        return {}
+
+
+_SIMPLE = (bool, int, float, str, type(None))
+_SEQUENCES = (list, tuple, collections.abc.Sequence)
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    """Whether a config value can be ``hint``; True when it cannot be decided from the value."""
+    if isinstance(value, DictConfig) and "_target_" in value:
+        return True  # built at instantiate time: its type is not known yet
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, getattr(types, "UnionType", typing.Union)):
+        options = typing.get_args(hint)
+        return any(_matches(value, h) for h in options) or not all(_decidable(h) for h in options)
+    if origin is typing.Literal:
+        return value in typing.get_args(hint)
+    if hint is Any or not _decidable(hint):
+        return True
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return _is_number(value)
+    if hint is str:
+        return isinstance(value, str)
+    if typing.get_origin(hint) in _SEQUENCES or hint in _SEQUENCES:
+        return isinstance(value, (ListConfig, list, tuple))
+    return True
+
+
+def _decidable(hint: Any) -> bool:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, getattr(types, "UnionType", typing.Union)):
+        return all(_decidable(h) for h in typing.get_args(hint))
+    return hint in _SIMPLE or origin is typing.Literal or origin in _SEQUENCES or hint in _SEQUENCES
+
+
+def _describe(hint: Any) -> str:
+    if typing.get_origin(hint) is typing.Literal:
+        return f"one of {list(typing.get_args(hint))}"
+    if typing.get_args(hint):
+        return str(hint).replace("typing.", "").replace("collections.abc.", "")
+    return getattr(hint, "__name__", str(hint))
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_known_keys(node: DictConfig, path: str, allowed: tuple[str, ...], config_file: str) -> None:
+    unknown = [k for k in node.keys() if k not in allowed]
+    if unknown:
+        raise ConfigError(f"{config_file}: unknown key {path}.{unknown[0]}; allowed: {sorted(allowed)}")
+
+
+def _check_positive_int(value: Any, key: str, config_file: str, or_null: bool = False) -> None:
+    if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+        allowed = "a positive integer or null" if or_null else "a positive integer"
+        raise ConfigError(f"{config_file}: {key} must be {allowed}, got {value!r}")

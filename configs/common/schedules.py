@@ -4,7 +4,7 @@ maps iteration / max_iter onto them), so overriding train.epochs or max_iter kee
 import math
 
 from detectron2.config import LazyCall as L
-from fvcore.common.param_scheduler import CosineParamScheduler, MultiStepParamScheduler, StepParamScheduler
+from fvcore.common.param_scheduler import CosineParamScheduler, MultiStepParamScheduler
 
 
 def multistep(milestones, num_epochs, gamma=0.1):
@@ -21,4 +21,6 @@ def cosine_per_epoch(num_epochs, end_value=0.0):
     # num_epochs runs at end + (1 - end) * 0.5 * (1 + cos(pi * e / num_epochs)).
     half_cosines = [0.5 * (1 + math.cos(math.pi * e / num_epochs)) for e in range(num_epochs)]
     values = [end_value + (1 - end_value) * c for c in half_cosines]
-    return L(StepParamScheduler)(num_updates=num_epochs, values=values)
+    # A multistep with one milestone per epoch (fvcore's StepParamScheduler fails at the end, where=1).
+    milestones = list(range(1, num_epochs))
+    return L(MultiStepParamScheduler)(values=values, milestones=milestones, num_updates=num_epochs)

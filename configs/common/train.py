@@ -3,6 +3,16 @@
 train = dict(
     output_dir="./output",
     init_checkpoint="",
+    # Trunk weights to start from (VISSL's MODEL.WEIGHTS_INIT, same field names): torchvision, VISSL,
+    # JigClu, MoCo, d2ssl or detectron2 checkpoints are recognised from their keys
+    # (d2ssl.checkpoint.load_pretrained_weights). Loaded before init_checkpoint / resume.
+    weights_init=dict(
+        PARAMS_FILE="",
+        STATE_DICT_KEY_NAME="",  # e.g. classy_state_dict, state_dict, model; empty: found automatically
+        SKIP_LAYERS=["num_batches_tracked"],
+        REMOVE_PREFIX="",
+        APPEND_PREFIX="",  # where the detectron2-named weights go; empty: the model's trunk
+    ),
     max_iter=90000,
     # If set, max_iter = ceil(epochs * data set size / total_batch_size), computed at start.
     epochs=None,

@@ -2,9 +2,10 @@
 
 - ``to_detectron2``: the model-zoo pickle detectron2's ``DetectionCheckpointer`` reads
   (``{"model": {name: ndarray}, "__author__", "matching_heuristics": True}``), as MoCo's and VISSL's
-  converters write it. The names are the trunk's own (``stem.conv1.weight``, ``res5.2.conv3.norm.running_var``);
-  the matching heuristics find them under ``backbone.bottom_up.`` in an FPN detector and under
-  ``backbone.`` / ``roi_heads.res5.`` in a C4 one. BatchNorm statistics travel with the weights.
+  converters write it. The names are the trunk's own (``stem.conv1.weight``,
+  ``res5.2.conv3.norm.running_var``); the matching heuristics find them under ``backbone.bottom_up.``
+  in an FPN detector and under ``backbone.`` / ``roi_heads.res5.`` in a C4 one. BatchNorm statistics
+  travel with the weights.
 - ``to_torchvision``: a state dict ``torchvision.models.resnet50()`` (18/34/50/101/152, or
   ``wide_resnet50_2``/``101_2`` for that torchvision layout) loads with ``strict=True``. SSL trunks
   have no classifier, so ``fc`` is written as zeros (all logits 0 until trained), unless the source
@@ -40,7 +41,7 @@ def _trunk(weights: Mapping[str, Any] | TrunkWeights) -> TrunkWeights:
 
 
 def to_detectron2(weights: Mapping[str, Any] | TrunkWeights) -> dict[str, Any]:
-    """A state dict of any known layout (or a found ``TrunkWeights``) -> detectron2 model-zoo pickle content."""
+    """A state dict of any known layout (or a ``TrunkWeights``) -> detectron2 model-zoo pickle content."""
     trunk = _trunk(weights)
     return {
         "model": {k: v.detach().cpu().numpy() for k, v in trunk.trunk.items()},
@@ -64,7 +65,8 @@ def torchvision_arch(trunk: Mapping[str, torch.Tensor]) -> str:
     depth = next((d for d, b in RESNET_DEPTHS.items() if b == blocks and (d >= 50) == bottleneck), None)
     if depth is None:
         raise ExportError(
-            f"no torchvision ResNet has {list(blocks)} {'bottleneck' if bottleneck else 'basic'} blocks in res2..res5"
+            f"no torchvision ResNet has {list(blocks)} {'bottleneck' if bottleneck else 'basic'} blocks "
+            f"in res2..res5"
         )
     stem = int(trunk["stem.conv1.weight"].shape[0])
     inner = int(trunk["res2.0.conv1.weight"].shape[0])
@@ -73,10 +75,10 @@ def torchvision_arch(trunk: Mapping[str, torch.Tensor]) -> str:
     if bottleneck and stem == 64 and inner == 128 and depth in (50, 101):
         return f"wide_resnet{depth}_2"
     raise ExportError(
-        f"this ResNet-{depth} has a {stem}-channel stem and {inner}-channel first blocks; torchvision's have 64 "
-        f"and 64. VISSL-style wide or reduced trunks (every channel scaled: width_multiplier, base_channels) "
-        f"have no torchvision counterpart (torchvision's wide_resnet50_2 widens only the bottleneck): export "
-        f"with --to detectron2, or load the d2ssl checkpoint into d2ssl's build_resnet_trunk"
+        f"this ResNet-{depth} has a {stem}-channel stem and {inner}-channel first blocks; torchvision's "
+        f"have 64 and 64. VISSL-style wide or reduced trunks (every channel scaled: width_multiplier, "
+        f"base_channels) have no torchvision counterpart (torchvision's wide_resnet50_2 widens only the "
+        f"bottleneck): export with --to detectron2, or load the d2ssl checkpoint into build_resnet_trunk"
     )
 
 
@@ -97,7 +99,8 @@ def to_torchvision(
     for key in [k for k in out if k.endswith(".running_mean")]:
         # strict=True needs every BN's counter; 0 is what a fresh torchvision BN holds.
         out.setdefault(key[: -len("running_mean")] + "num_batches_tracked", torch.tensor(0, dtype=torch.long))
-    features = int(out["layer4.0.conv3.weight" if "layer4.0.conv3.weight" in out else "layer4.0.conv2.weight"].shape[0])
+    last_conv = "layer4.0.conv3.weight" if "layer4.0.conv3.weight" in out else "layer4.0.conv2.weight"
+    features = int(out[last_conv].shape[0])
     if trunk.classifier is not None and num_classes in (None, trunk.classifier[0].shape[0]):
         out["fc.weight"], out["fc.bias"] = (t.detach().clone() for t in trunk.classifier)
     else:
@@ -121,8 +124,8 @@ def convert_checkpoint(
         raise ExportError(f"--to must be one of {EXPORT_FORMATS}, got {to!r}")
     if to == "detectron2" and not output_file.endswith(".pkl"):
         raise ExportError(
-            f"detectron2 output {output_file!r} must end with .pkl: DetectionCheckpointer reads other files as "
-            f"full detectron2 checkpoints and would not match the trunk's names"
+            f"detectron2 output {output_file!r} must end with .pkl: DetectionCheckpointer reads other files "
+            f"as full detectron2 checkpoints and would not match the trunk's names"
         )
     trunk, where = find_trunk_in_file(input_file, state_dict_key_name, remove_prefix)
     if os.path.dirname(output_file):
@@ -136,6 +139,7 @@ def convert_checkpoint(
             torch.save(state_dict, f)
             use = f"load with torchvision.models.{arch}().load_state_dict(torch.load(...), strict=True)"
     return (
-        f"{input_file} ({trunk.layout} layout, ResNet at '{resnet_location(where, trunk.prefix)}', {len(trunk.trunk)} tensors, "
-        f"{len(trunk.unused)} other entries dropped) -> {output_file} ({to}): {use}"
+        f"{input_file} ({trunk.layout} layout, ResNet at '{resnet_location(where, trunk.prefix)}', "
+        f"{len(trunk.trunk)} tensors, {len(trunk.unused)} other entries dropped) -> {output_file} ({to}): "
+        f"{use}"
     )

@@ -67,7 +67,7 @@ _D2_BLOCK = re.compile(r"^res([2-5])\.(\d+)\.(conv[1-3]|shortcut)\.(norm\.)?([^.
 
 
 def torchvision_to_detectron2_key(key: str) -> str | None:
-    """``layer1.0.bn2.weight`` -> ``res2.0.conv2.norm.weight``; ``None`` for keys outside the trunk (``fc.*``).
+    """``layer1.0.bn2.weight`` -> ``res2.0.conv2.norm.weight``; ``None`` outside the trunk (``fc.*``).
 
     The renames of MoCo's ``convert-pretrain-to-detectron2.py`` and VISSL's
     ``convert_vissl_to_detectron2.py``: conv1 -> stem.conv1, bn1 -> stem.conv1.norm, layerN -> res(N+1),
@@ -169,12 +169,12 @@ def find_trunk(state_dict: Mapping[str, Any]) -> TrunkWeights:
     elif tv_prefixes:
         prefix = _choose(tv_prefixes, TORCHVISION_STYLE_PREFIXES, "torchvision", keys)
         layout = TORCHVISION_STYLE_PREFIXES.get(prefix, "torchvision")
-        rename = lambda key: torchvision_to_detectron2_key(key[len(prefix):]) if key.startswith(prefix) else None
+        rename = lambda k: torchvision_to_detectron2_key(k[len(prefix):]) if k.startswith(prefix) else None
     else:
         raise UnknownLayoutError(
-            "no ResNet found: expected torchvision names (conv1.weight, layer1.0.conv1.weight, possibly under "
-            "a prefix such as _feature_blocks. or module.encoder.) or detectron2 names (stem.conv1.weight, "
-            f"res2.0.conv1.weight); first keys: {keys[:8]}"
+            "no ResNet found: expected torchvision names (conv1.weight, layer1.0.conv1.weight, possibly "
+            "under a prefix such as _feature_blocks. or module.encoder.) or detectron2 names "
+            f"(stem.conv1.weight, res2.0.conv1.weight); first keys: {keys[:8]}"
         )
     weights = TrunkWeights(layout=layout, prefix=prefix, trunk={})
     for key, value in state_dict.items():

@@ -85,7 +85,8 @@ def unwrap_state_dict(
     for name in [n for n in names if n]:
         if not isinstance(node, Mapping) or name not in node:
             have = sorted(node.keys()) if isinstance(node, Mapping) else type(node).__name__
-            raise WeightsLoadError(f"{params_file}: no key {name!r} at '{'.'.join(path) or '<top>'}'; keys there: {have}")
+            at = ".".join(path) or "<top>"
+            raise WeightsLoadError(f"{params_file}: no key {name!r} at '{at}'; keys there: {have}")
         node, path = node[name], [*path, name]
     while isinstance(node, Mapping) and not _is_state_dict(node):
         if "base_model" in node:  # inside VISSL's classy_state_dict
@@ -96,7 +97,8 @@ def unwrap_state_dict(
             break
         node, path = node[wrapper], [*path, wrapper]
     if not isinstance(node, Mapping):
-        raise WeightsLoadError(f"{params_file}: '{'.'.join(path)}' holds a {type(node).__name__}, not a state dict")
+        kind = type(node).__name__
+        raise WeightsLoadError(f"{params_file}: '{'.'.join(path)}' holds a {kind}, not a state dict")
     state_dict = {k: v for k, v in node.items() if _is_tensor_like(v)}
     if not state_dict:
         raise WeightsLoadError(
@@ -123,7 +125,8 @@ def read_state_dict(
     """``unwrap_state_dict`` of the file's content, with ``remove_prefix`` stripped from its keys."""
     state_dict, where = unwrap_state_dict(read_checkpoint(params_file), state_dict_key_name, params_file)
     if remove_prefix:
-        state_dict = {k[len(remove_prefix):] if k.startswith(remove_prefix) else k: v for k, v in state_dict.items()}
+        n = len(remove_prefix)
+        state_dict = {k[n:] if k.startswith(remove_prefix) else k: v for k, v in state_dict.items()}
     return state_dict, where
 
 
@@ -224,7 +227,8 @@ def load_pretrained_weights(
     if found is not None:
         target = append_prefix or model_trunk_prefix(list(model_state))
         mapped = {target + k: v for k, v in found.trunk.items()}
-        report = LoadReport(params_file, found.layout, resnet_location(where, found.prefix), target, unused=list(found.unused))
+        location = resnet_location(where, found.prefix)
+        report = LoadReport(params_file, found.layout, location, target, unused=list(found.unused))
     else:
         target = append_prefix
         mapped = {target + k: as_tensor(v) for k, v in state_dict.items()}
@@ -270,7 +274,9 @@ def load_weights_init(model: nn.Module, weights_init: Mapping[str, Any] | None) 
         return None
     unknown = sorted(set(weights_init) - set(WEIGHTS_INIT_FIELDS))
     if unknown:
-        raise WeightsLoadError(f"train.weights_init has unknown fields {unknown}; known: {list(WEIGHTS_INIT_FIELDS)}")
+        raise WeightsLoadError(
+            f"train.weights_init has unknown fields {unknown}; known: {list(WEIGHTS_INIT_FIELDS)}"
+        )
     key_name = weights_init.get("STATE_DICT_KEY_NAME") or None
     if key_name is not None and not isinstance(key_name, str):
         key_name = list(key_name)

@@ -1,30 +1,73 @@
-"""detectron2's checkpointer with atomic writes: a kill during a save never corrupts the last checkpoint."""
+"""detectron2's checkpointer made safe for long runs.
+
+- Atomic saves: a checkpoint is written to ``<name>.pth.tmp``, flushed to disk and renamed; then
+  ``last_checkpoint`` is rewritten the same way. A process killed at any point leaves
+  ``last_checkpoint`` naming a complete file (the previous one if the kill came mid-save).
+- No bad saves: a model holding NaN or inf (weights, BatchNorm statistics, memory bank) is not
+  written; ``FloatingPointError`` names the tensors and the last good checkpoint stays the last.
+- Strict resume: resuming our own run refuses a file that does not match the model exactly
+  (missing, unexpected or differently shaped tensors; no trainer state), where detectron2 only warns
+  and loads what fits. Initialising from ``train.init_checkpoint`` may leave some tensors untouched
+  (a trunk-only file), but a shape mismatch or a file sharing no tensor with the model is an error.
+- Unreadable files (truncated, corrupted, missing) raise ``CheckpointLoadError`` naming the file.
+"""
 
 from __future__ import annotations
 
 import os
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Callable
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
+_MODULE_PREFIX = "module."  # added by DataParallel / DistributedDataParallel
+
+
+class CheckpointLoadError(RuntimeError):
+    """A checkpoint cannot be read or does not fit the model; the message names the file."""
+
+
+def non_finite_tensors(state: Mapping[str, Any]) -> list[str]:
+    """Names of the floating-point tensors of ``state`` holding NaN or inf."""
+    return [
+        k for k, v in state.items()
+        if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())
+    ]
+
+
+def _examples(keys: list, limit: int = 5) -> str:
+    shown = ", ".join(str(k) for k in keys[:limit])
+    return f"{shown}, ... ({len(keys)} in all)" if len(keys) > limit else shown
+
 
 class AtomicCheckpointer(DetectionCheckpointer):
-    """``DetectionCheckpointer`` whose ``save`` writes ``<name>.pth.tmp`` then renames it.
+    """``DetectionCheckpointer`` with atomic saves, a non-finite guard and strict resume (see the
+    module docstring). A drop-in replacement: same constructor, ``save``, ``resume_or_load``."""
 
-    ``last_checkpoint`` is rewritten the same way and only after the checkpoint file is complete,
-    so it always names a whole file: the previous one if the process dies mid-save.
-    """
+    def __init__(self, model: torch.nn.Module, save_dir: str = "", *, save_to_disk: bool | None = None,
+                 **checkpointables: Any):
+        super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
+        self._loading: str | None = None
+        self._resuming = False
 
+    # ---------------------------------------------------------------- saving
     def save(self, name: str, **kwargs: Any) -> None:
         if not self.save_dir or not self.save_to_disk:
             return
+        basename = f"{name}.pth"
+        save_file = os.path.join(self.save_dir, basename)
         data = {"model": self.model.state_dict()}
+        bad = non_finite_tensors(data["model"])
+        if bad:
+            raise FloatingPointError(
+                f"not writing {save_file}: the model holds NaN or inf in {_examples(bad)}; the last "
+                f"complete checkpoint ({self.get_checkpoint_file() or 'none'}) is left as it is"
+            )
         for key, obj in self.checkpointables.items():
             data[key] = obj.state_dict()
         data.update(kwargs)
-        basename = f"{name}.pth"
-        save_file = os.path.join(self.save_dir, basename)
+        self.path_manager.mkdirs(self.save_dir)
         self.logger.info(f"Saving checkpoint to {save_file}")
         self._write_atomically(save_file, lambda f: torch.save(data, f), mode="wb")
         self.tag_last_checkpoint(basename)
@@ -33,18 +76,145 @@ class AtomicCheckpointer(DetectionCheckpointer):
         save_file = os.path.join(self.save_dir, "last_checkpoint")
         self._write_atomically(save_file, lambda f: f.write(last_filename_basename), mode="w")
 
-    def _write_atomically(self, path: str, write, mode: str) -> None:
+    def _write_atomically(self, path: str, write: Callable[[Any], Any], mode: str) -> None:
         tmp = path + ".tmp"
         with self.path_manager.open(tmp, mode) as f:
             write(f)
             if hasattr(f, "flush") and hasattr(f, "fileno"):
                 f.flush()
-                os.fsync(f.fileno())
+                os.fsync(f.fileno())  # the data must be on disk before the rename makes it visible
         local_dir = self.path_manager.get_local_path(os.path.dirname(path))
         if os.path.isdir(local_dir):
             # os.replace is atomic on POSIX and overwrites; iopath's mv refuses an existing target.
             os.replace(os.path.join(local_dir, os.path.basename(tmp)), os.path.join(local_dir, os.path.basename(path)))
+            _fsync_dir(local_dir)
         else:  # remote store: no atomic rename exists, keep the tmp-then-move order at least
             if self.path_manager.exists(path):
                 self.path_manager.rm(path)
             self.path_manager.mv(tmp, path)
+
+    # ---------------------------------------------------------------- loading
+    def resume_or_load(self, path: str, *, resume: bool = True) -> dict[str, Any]:
+        """Resumes from ``last_checkpoint`` (strictly: the file must match the model and hold the
+        trainer state) if ``resume`` and there is one; otherwise initialises the model from ``path``."""
+        if resume and self.has_checkpoint():
+            last = self.get_checkpoint_file()
+            if not last or not self.path_manager.isfile(last):
+                raise CheckpointLoadError(
+                    f"{os.path.join(self.save_dir, 'last_checkpoint')} names {last!r}, which is not a file"
+                    f"{self._other_checkpoints_hint(last)}"
+                )
+            self._resuming = True
+            try:
+                return self.load(last)
+            finally:
+                self._resuming = False
+        return self.load(path, checkpointables=[])
+
+    def load(self, path: str, checkpointables: list[str] | None = None) -> dict[str, Any]:
+        if path and "://" not in path and not os.path.isfile(path):
+            raise CheckpointLoadError(f"checkpoint {path!r} does not exist")
+        self._loading = path
+        try:
+            return super().load(path, checkpointables)
+        except CheckpointLoadError:
+            raise
+        except (KeyError, ValueError, RuntimeError, TypeError) as e:
+            if not self._resuming:
+                raise
+            # The optimizer, scheduler or a hook refused its saved state.
+            raise CheckpointLoadError(f"cannot resume from {path}: {type(e).__name__}: {e}") from e
+        finally:
+            self._loading = None
+            # detectron2's load() asserts this is None on entry but does not reset it on an error.
+            self._parsed_url_during_load = None
+
+    def _load_file(self, filename: str) -> dict[str, Any]:
+        try:
+            loaded = super()._load_file(filename)
+        except Exception as e:
+            raise CheckpointLoadError(
+                f"cannot read checkpoint {filename!r}: {type(e).__name__}: {str(e)[:500]}\nThe file is "
+                f"truncated, corrupted or not a checkpoint.{self._other_checkpoints_hint(filename)}"
+            ) from e
+        if not isinstance(loaded.get("model"), Mapping):
+            raise CheckpointLoadError(
+                f"checkpoint {filename!r} holds no state dict under 'model' (found {type(loaded.get('model'))})"
+            )
+        return loaded
+
+    def _load_model(self, checkpoint: dict[str, Any]):
+        path = self._loading
+        if not checkpoint.get("matching_heuristics", False):
+            # Checked before anything is copied into the model: an error leaves it untouched.
+            self._check_fits(checkpoint, path)
+        incompatible = super()._load_model(checkpoint)
+        if incompatible.incorrect_shapes:
+            raise CheckpointLoadError(
+                f"checkpoint {path!r} does not fit the model: shapes differ for "
+                f"{_examples([f'{k} {a} vs {b}' for k, a, b in incompatible.incorrect_shapes])}"
+            )
+        return incompatible
+
+    def _check_fits(self, checkpoint: dict[str, Any], path: str | None) -> None:
+        saved = checkpoint["model"]
+        names = list(saved.keys())
+        if names and all(k.startswith(_MODULE_PREFIX) for k in names):
+            names = [k[len(_MODULE_PREFIX):] for k in names]
+            saved = dict(zip(names, saved.values()))
+        expected = self.model.state_dict()
+        missing = [k for k in expected if k not in saved]
+        unexpected = [k for k in saved if k not in expected]
+        shapes = [
+            f"{k} {tuple(saved[k].shape)} in the file, {tuple(v.shape)} in the model"
+            for k, v in expected.items()
+            if k in saved and hasattr(saved[k], "shape") and tuple(saved[k].shape) != tuple(v.shape)
+        ]
+        problems = []
+        if shapes:
+            problems.append(f"shapes differ for {_examples(shapes)}")
+        if self._resuming:
+            if missing:
+                problems.append(f"the model has tensors the file lacks: {_examples(missing)}")
+            if unexpected:
+                problems.append(f"the file has tensors the model lacks: {_examples(unexpected)}")
+            absent = [k for k in self.checkpointables if k not in checkpoint]
+            if absent:
+                problems.append(
+                    f"it lacks {absent} (optimizer, scheduler, iteration): not a training checkpoint; "
+                    f"use train.init_checkpoint to start a new run from its weights"
+                )
+        elif len(missing) == len(expected):
+            problems.append(
+                f"it shares no tensor name with the model (file: {_examples(list(saved))}; model: "
+                f"{_examples(list(expected))}); convert it first (d2ssl.checkpoint)"
+            )
+        if problems:
+            action = "resume from" if self._resuming else "load"
+            raise CheckpointLoadError(
+                f"cannot {action} checkpoint {path!r}: it was written for another model or architecture: "
+                + "; ".join(problems)
+            )
+
+    def _other_checkpoints_hint(self, bad: str) -> str:
+        if not self.save_dir or not self.path_manager.isdir(self.save_dir):
+            return ""
+        others = sorted(os.path.basename(f) for f in self.get_all_checkpoint_files() if f != bad)
+        if not others:
+            return ""
+        return (f" Other checkpoints in {self.save_dir}: {others}; write one of these names into "
+                f"last_checkpoint to resume from it.")
+
+
+def _fsync_dir(path: str) -> None:
+    # Makes the rename itself durable (survives a power loss, not only a process kill).
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

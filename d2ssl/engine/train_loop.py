@@ -22,9 +22,10 @@ from detectron2.utils import comm
 from detectron2.utils.registry import locate
 from omegaconf import DictConfig, ListConfig
 
-from d2ssl.config import validate_config
+from d2ssl.checkpoint.load import load_weights_init
+from d2ssl.config import check_num_train_samples, validate_config
 from d2ssl.engine.checkpointer import AtomicCheckpointer
-from d2ssl.engine.hooks import RandomStateCheckpoint, ResumeDataOrder
+from d2ssl.engine.hooks import PeriodicCheckpointer, RandomStateCheckpoint, ResumeDataOrder
 
 logger = logging.getLogger("d2ssl")
 
@@ -125,11 +126,14 @@ def do_train(cfg: DictConfig, resume: bool = False) -> dict[str, float]:
     scale_to_world_size(cfg, comm.get_world_size())
     dataset = instantiate(cfg.dataloader.train.dataset)
     fill_num_train_samples(cfg.model, len(dataset))
+    check_num_train_samples(cfg.model, len(dataset))
     if cfg.train.get("epochs") is not None:
         cfg.train.max_iter = math.ceil(cfg.train.epochs * len(dataset) / cfg.dataloader.train.total_batch_size)
 
     model = instantiate(cfg.model)
     logger.info("Model:\n%s", model)
+    # Trunk weights from another run or code base; init_checkpoint / resume below override them.
+    load_weights_init(model, cfg.train.get("weights_init"))
     model.to(cfg.train.device)
     cfg.optimizer.params.model = model
     optimizer = instantiate(cfg.optimizer)
@@ -144,7 +148,7 @@ def do_train(cfg: DictConfig, resume: bool = False) -> dict[str, float]:
             ResumeDataOrder(train_loader.batch_sampler.sampler),
             RandomStateCheckpoint(),
             hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
-            hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if comm.is_main_process() else None,
+            PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if comm.is_main_process() else None,
             hooks.PeriodicWriter(
                 default_writers(cfg.train.output_dir, cfg.train.max_iter), period=cfg.train.log_period
             )

@@ -50,6 +50,11 @@ class JigsawMapper:
                 f"tile_size={tile_size} does not fit a {grid}x{grid} grid on crop_size={crop_size} "
                 f"(cells of {crop_size // grid} px): need tile_size <= crop_size // grid"
             )
+        if resize_size < crop_size:
+            raise ValueError(
+                f"resize_size={resize_size} < crop_size={crop_size}: every crop would be padded with black; "
+                f"need resize_size >= crop_size"
+            )
         self.permutations = torch.as_tensor(permutations, dtype=torch.long)
         self.grid = grid
         self.tile_size = tile_size
@@ -57,10 +62,11 @@ class JigsawMapper:
         self.pixel_mean, self.pixel_std = pixel_mean, pixel_std
         self.augment = T.Compose(
             [
+                # The shorter side becomes resize_size >= crop_size, so small images are upscaled and
+                # the crop always fits; images with fewer pixels than grid cells are skipped (read).
                 T.Resize(resize_size),
                 T.RandomHorizontalFlip(),
-                # pad_if_needed: images smaller than the crop (tiny data sets) are padded, not rejected.
-                T.RandomCrop(crop_size, pad_if_needed=True),
+                T.RandomCrop(crop_size),
                 T.RandomGrayscale(p=grayscale_prob),
             ]
         )
@@ -70,7 +76,8 @@ class JigsawMapper:
         return len(self.permutations)
 
     def __call__(self, dataset_dict: dict, generator: torch.Generator) -> dict:
-        image = read_rgb_image(dataset_dict)
+        # An image narrower than the grid would give tiles cut from the same pixels.
+        image = read_rgb_image(dataset_dict, min_size=self.grid)
         with torch_rng_from(generator):
             image = self.augment(image)
         crop = to_normalized_tensor(image, self.pixel_mean, self.pixel_std)

@@ -1,0 +1,26 @@
+# CPU-sized NPID for the demo and the tests: Fashion-MNIST (60,000 photos of 28 px, upscaled to 32 px
+# crops), a ResNet-18 with 16 stem channels, a bank of one 128-d entry per image, 4096 negatives.
+from detectron2.config import LazyCall as L
+
+from d2ssl.data.datasets import get_dataset_dicts
+
+from ..common.models import TINY, TINY_FEATURE_DIM
+from ..npid_R50 import EMBEDDING_DIM, dataloader, lr_multiplier, model, optimizer, train
+
+dataloader.train.dataset = L(get_dataset_dicts)(names="fashion_mnist_train")
+dataloader.train.mapper.transforms[1].update(size=32, scale=(0.2, 1.0))  # the RandomResizedCrop
+dataloader.train.total_batch_size = 32
+dataloader.train.num_workers = 0
+
+model.trunk = TINY
+del TINY  # a building block, not a config section (LazyConfig keeps every top-level dict)
+model.head.dims = [TINY_FEATURE_DIM, EMBEDDING_DIM]
+
+optimizer.lr = 0.03
+train.epochs = None
+train.max_iter = 200
+train.device = "cpu"
+train.reference_world_size = 0
+train.checkpointer.period = 100
+train.log_period = 20
+train.output_dir = "output/tiny_npid"

@@ -1,0 +1,153 @@
+"""Detection fine-tuning of a pretrained trunk: detectron2's ``tools/lazyconfig_train_net.py`` recipe.
+
+``train_detector`` trains and evaluates a detectron2 LazyConfig (``configs/detection/*.py``) with
+detectron2's own data sets, trainer, hooks and evaluators. What it adds, and why:
+
+- ``train.init_checkpoint`` may be any checkpoint ``d2ssl.checkpoint`` recognises (a d2ssl
+  pretraining run, torchvision, VISSL, JigClu, MoCo): it is converted once to a detectron2 ``.pkl``
+  in the output folder (``prepare_init_checkpoint``), since detectron2 would otherwise load a
+  ``trunk.*``-named file into nothing, silently;
+- ``train.precise_bn`` runs detectron2's ``PreciseBN`` before each evaluation, as the MoCo / VISSL /
+  JigClu detection configs do (``TEST.PRECISE_BN.ENABLED``);
+- the linear scaling of batch size and learning rate to the number of processes, as pretraining;
+- ``res5_with_extra_norm``: MoCo's ``Res5ROIHeadsExtraNorm`` for C4 detectors, as an object.
+
+SyncBN ("SyncBN", ``torch.nn.SyncBatchNorm``) runs on a single CPU process as plain BatchNorm (it
+synchronises only when a process group of several ranks exists), so the CPU configs keep the
+protocol's norms.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+from collections.abc import Sequence
+
+import torch
+from detectron2.config import instantiate
+from detectron2.engine import AMPTrainer, SimpleTrainer, default_setup, default_writers, hooks
+from detectron2.engine.defaults import create_ddp_model
+from detectron2.evaluation import inference_on_dataset, print_csv_format
+from detectron2.layers import get_norm
+from detectron2.utils import comm
+from detectron2.utils.file_io import PathManager
+from omegaconf import DictConfig
+from torch import nn
+
+from d2ssl.checkpoint.export import to_detectron2
+from d2ssl.checkpoint.layouts import find_trunk
+from d2ssl.checkpoint.load import read_state_dict
+from d2ssl.engine.checkpointer import AtomicCheckpointer
+from d2ssl.engine.hooks import PeriodicCheckpointer
+from d2ssl.engine.train_loop import scale_to_world_size, setup_config
+
+logger = logging.getLogger("d2ssl")
+
+# Keys of a whole detectron2 detector: such checkpoints are loaded as they are.
+DETECTOR_KEY_PREFIXES = ("backbone.", "proposal_generator.", "roi_heads.")
+
+
+def res5_with_extra_norm(blocks: Sequence[nn.Module], norm: str) -> nn.Sequential:
+    """The res5 stage of a C4 detector's ROI heads followed by one more norm layer over its output.
+
+    MoCo's ``Res5ROIHeadsExtraNorm`` (He et al. 2020, appendix A.2: a normalised head for fine-tuning
+    SyncBN-trained features), used by the MoCo and VISSL VOC/COCO C4 benchmarks. The norm is named
+    ``norm`` inside ``roi_heads.res5``, as MoCo's, so detectron2 checkpoints of both match.
+    """
+    res5 = nn.Sequential(*blocks)
+    res5.add_module("norm", get_norm(norm, blocks[-1].out_channels))
+    return res5
+
+
+def prepare_init_checkpoint(path: str, output_dir: str) -> str:
+    """Returns a file ``DetectionCheckpointer`` loads with the pretrained trunk in place.
+
+    ``.pkl`` files and whole detectron2 detectors are returned as they are; any other checkpoint
+    whose ResNet ``d2ssl.checkpoint`` finds is written as ``<output_dir>/<name>_detectron2.pkl``.
+    """
+    if not path or path.endswith(".pkl"):
+        return path
+    state_dict, _ = read_state_dict(path)
+    if any(k.startswith(DETECTOR_KEY_PREFIXES) for k in state_dict):
+        return path
+    name = os.path.splitext(os.path.basename(path))[0]
+    converted = os.path.join(output_dir, f"{name}_detectron2.pkl")
+    if comm.is_main_process():
+        trunk = find_trunk(state_dict)
+        PathManager.mkdirs(output_dir)
+        with PathManager.open(converted, "wb") as f:
+            pickle.dump(to_detectron2(trunk), f)
+        logger.info("converted %s (%s layout, %d tensors) to %s", path, trunk.layout, len(trunk.trunk), converted)
+    comm.synchronize()
+    return converted
+
+
+def evaluate_detector(cfg: DictConfig, model: nn.Module) -> dict:
+    """Runs ``cfg.dataloader.evaluator`` on ``cfg.dataloader.test``; ``{}`` when the config has no evaluator."""
+    if "evaluator" not in cfg.dataloader:
+        return {}
+    results = inference_on_dataset(
+        model, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator)
+    )
+    if comm.is_main_process() and results:
+        print_csv_format(results)
+    return results
+
+
+def train_detector(cfg: DictConfig, resume: bool = False) -> dict[str, float]:
+    """Fine-tunes and evaluates the detector of ``cfg``; returns the latest logged scalars, including
+    the final evaluation's (``bbox/AP``, ``bbox/AP50``, ...).
+
+    With ``resume=True`` it continues from ``train.output_dir/last_checkpoint`` if there is one.
+    """
+    scale_to_world_size(cfg, comm.get_world_size())
+    model = instantiate(cfg.model)
+    logger.info("Model:\n%s", model)
+    model.to(cfg.train.device)
+    cfg.optimizer.params.model = model
+    optimizer = instantiate(cfg.optimizer)
+    train_loader = instantiate(cfg.dataloader.train)
+
+    model = create_ddp_model(model, **cfg.train.ddp)
+    trainer = (AMPTrainer if cfg.train.amp.enabled else SimpleTrainer)(model, train_loader, optimizer)
+    checkpointer = AtomicCheckpointer(model, cfg.train.output_dir, trainer=trainer)
+    precise_bn = cfg.train.get("precise_bn") or {}
+    eval_period = cfg.train.get("eval_period", 0)
+    trainer.register_hooks(
+        [
+            hooks.IterationTimer(),
+            hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
+            PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if comm.is_main_process() else None,
+            # Before the evaluation hook, so each evaluation sees the recomputed statistics.
+            hooks.PreciseBN(eval_period, model, instantiate(cfg.dataloader.train), precise_bn.get("num_iter", 200))
+            if precise_bn.get("enabled")
+            else None,
+            hooks.EvalHook(eval_period, lambda: evaluate_detector(cfg, model)),
+            hooks.PeriodicWriter(
+                default_writers(cfg.train.output_dir, cfg.train.max_iter), period=cfg.train.log_period
+            )
+            if comm.is_main_process()
+            else None,
+        ]
+    )
+    init = "" if resume and checkpointer.has_checkpoint() else cfg.train.init_checkpoint
+    checkpointer.resume_or_load(prepare_init_checkpoint(init, cfg.train.output_dir), resume=resume)
+    start_iter = trainer.iter + 1 if resume and checkpointer.has_checkpoint() else 0
+    trainer.train(start_iter, cfg.train.max_iter)
+    return {k: v[0] for k, v in trainer.storage.latest().items()}
+
+
+def main(args) -> dict:
+    """Entry point of ``tools/train_detection.py`` in each launched process."""
+    cfg = setup_config(args.config_file, args.opts)
+    default_setup(cfg, args)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    if not args.eval_only:
+        return train_detector(cfg, resume=args.resume)
+    model = instantiate(cfg.model).to(cfg.train.device)
+    model = create_ddp_model(model)
+    AtomicCheckpointer(model, cfg.train.output_dir).load(
+        prepare_init_checkpoint(cfg.train.init_checkpoint, cfg.train.output_dir)
+    )
+    return evaluate_detector(cfg, model)
