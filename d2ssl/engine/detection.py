@@ -78,13 +78,14 @@ def prepare_init_checkpoint(path: str, output_dir: str) -> str:
         PathManager.mkdirs(output_dir)
         with PathManager.open(converted, "wb") as f:
             pickle.dump(to_detectron2(trunk), f)
-        logger.info("converted %s (%s layout, %d tensors) to %s", path, trunk.layout, len(trunk.trunk), converted)
+        logger.info("converted %s (%s layout, %d tensors) to %s", path, trunk.layout, len(trunk.trunk),
+                    converted)
     comm.synchronize()
     return converted
 
 
 def evaluate_detector(cfg: DictConfig, model: nn.Module) -> dict:
-    """Runs ``cfg.dataloader.evaluator`` on ``cfg.dataloader.test``; ``{}`` when the config has no evaluator."""
+    """Runs ``cfg.dataloader.evaluator`` on ``cfg.dataloader.test``; ``{}`` without an evaluator."""
     if "evaluator" not in cfg.dataloader:
         return {}
     results = inference_on_dataset(
@@ -114,15 +115,18 @@ def train_detector(cfg: DictConfig, resume: bool = False) -> dict[str, float]:
     checkpointer = AtomicCheckpointer(model, cfg.train.output_dir, trainer=trainer)
     precise_bn = cfg.train.get("precise_bn") or {}
     eval_period = cfg.train.get("eval_period", 0)
+    precise_bn_hook = None
+    if precise_bn.get("enabled"):
+        # Its own loader over the training set, as detectron2's DefaultTrainer does.
+        bn_loader = instantiate(cfg.dataloader.train)
+        precise_bn_hook = hooks.PreciseBN(eval_period, model, bn_loader, precise_bn.get("num_iter", 200))
     trainer.register_hooks(
         [
             hooks.IterationTimer(),
             hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
             PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if comm.is_main_process() else None,
             # Before the evaluation hook, so each evaluation sees the recomputed statistics.
-            hooks.PreciseBN(eval_period, model, instantiate(cfg.dataloader.train), precise_bn.get("num_iter", 200))
-            if precise_bn.get("enabled")
-            else None,
+            precise_bn_hook,
             hooks.EvalHook(eval_period, lambda: evaluate_detector(cfg, model)),
             hooks.PeriodicWriter(
                 default_writers(cfg.train.output_dir, cfg.train.max_iter), period=cfg.train.log_period

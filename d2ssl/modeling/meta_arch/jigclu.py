@@ -91,18 +91,26 @@ class JigsawClustering(SSLMetaArch):
             fmap = F.interpolate(fmap, size=size, mode="bilinear", align_corners=False)
         return F.adaptive_avg_pool2d(fmap, 2)
 
-    def losses(self, batched_inputs: Sequence[dict]) -> dict[str, torch.Tensor]:
-        local_patches = self.stack(batched_inputs, "patches")
-        n = len(local_patches)
+    def montage_batch(self, local_patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(n, 4, 3, P, P)`` local patches -> this rank's ``(n, 3, 2P, 2P)`` montages and the
+        ``(4N,)`` cluster and location labels of all slots of the global batch (row ``s * N + m``
+        = slot ``s`` of montage ``m``)."""
         with torch.no_grad():
             patches = concat_all_gather(local_patches)
             permutation = self.shuffle(NUM_PATCHES * len(patches))
             montages, cluster_labels, location_labels = assemble_montages(patches, permutation)
-        start = comm.get_rank() * n
-        quadrants = concat_all_gather(self.slot_features(montages[start : start + n]), differentiable=True)
-        # (N, C, 2, 2) -> (4N, C) with row s * N + m = slot s of montage m: the order of the labels.
-        features = quadrants.permute(2, 3, 0, 1).flatten(0, 2)
+        start = comm.get_rank() * len(local_patches)
+        return montages[start : start + len(local_patches)], cluster_labels, location_labels
 
+    def patch_features(self, local_montages: torch.Tensor) -> torch.Tensor:
+        """This rank's montages -> ``(4N, C)`` features of every slot of the global batch, row
+        ``s * N + m`` = slot ``s`` of montage ``m``, gathered with gradients."""
+        quadrants = concat_all_gather(self.slot_features(local_montages), differentiable=True)
+        return quadrants.permute(2, 3, 0, 1).flatten(0, 2)  # (N, C, 2, 2) -> (2, 2, N, C) -> (4N, C)
+
+    def losses(self, batched_inputs: Sequence[dict]) -> dict[str, torch.Tensor]:
+        montages, cluster_labels, location_labels = self.montage_batch(self.stack(batched_inputs, "patches"))
+        features = self.patch_features(montages)
         embeddings = F.normalize(self.cluster_head(features), dim=1)
         loss_clu = self.cluster_loss(embeddings, cluster_labels)
         location_logits = self.location_head(features)

@@ -1,0 +1,211 @@
+"""Atomic checkpoints, keeping the last K, and clear errors for files that do not fit."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from d2ssl.engine.checkpointer import AtomicCheckpointer, CheckpointLoadError
+
+REPO = Path(__file__).resolve().parents[2]
+
+# A child process saves model_a, changes the weights, and is killed by SIGKILL from inside the save
+# of model_b: either halfway through writing the checkpoint bytes, or after the checkpoint file is
+# complete but before last_checkpoint is switched to it.
+CHILD = textwrap.dedent(
+    """
+    import io, os, signal, sys
+    import torch
+    from torch import nn
+    from d2ssl.engine.checkpointer import AtomicCheckpointer
+
+    out, kill_point = sys.argv[1], sys.argv[2]
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 64), nn.BatchNorm1d(64))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    checkpointer = AtomicCheckpointer(model, out, optimizer=optimizer)
+    checkpointer.save("model_a", iteration=1)
+    torch.save(model.state_dict(), os.path.join(out, "expected.pt"))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+
+    def die():
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    if kill_point == "mid-write":
+        real_save = torch.save
+
+        def half_save(obj, f):
+            buffer = io.BytesIO()
+            real_save(obj, buffer)
+            data = buffer.getvalue()
+            f.write(data[: len(data) // 2])
+            f.flush()
+            die()
+
+        torch.save = half_save
+    else:  # "before-tag": the checkpoint is renamed into place, last_checkpoint is not yet
+        real_replace = os.replace
+
+        def replace(src, dst):
+            if dst.endswith("last_checkpoint"):
+                die()
+            real_replace(src, dst)
+
+        os.replace = replace
+    checkpointer.save("model_b", iteration=2)
+    sys.exit(3)  # not reached
+    """
+)
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(1)  # other weights than the child's
+    return nn.Sequential(nn.Linear(64, 64), nn.BatchNorm1d(64))
+
+
+@pytest.mark.parametrize("kill_point", ["mid-write", "before-tag"])
+def test_kill_during_save_leaves_last_checkpoint_complete(tmp_path, kill_point):
+    out = tmp_path / "out"
+    out.mkdir()
+    child = subprocess.run([sys.executable, "-W", "ignore", "-c", CHILD, str(out), kill_point],
+                           capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert child.returncode == -signal.SIGKILL, child.stderr[-2000:]
+    assert (out / "last_checkpoint").read_text() == "model_a.pth"
+    if kill_point == "mid-write":
+        # The kill really came mid-save: half a file sits under the temporary name only.
+        assert (out / "model_b.pth.tmp").stat().st_size > 0 and not (out / "model_b.pth").exists()
+
+    model = _model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    checkpointer = AtomicCheckpointer(model, str(out), optimizer=optimizer)
+    extra = checkpointer.resume_or_load("", resume=True)
+    assert extra["iteration"] == 1
+    expected = torch.load(out / "expected.pt", weights_only=True)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, expected[key]), key
+
+
+def _train(tiny_config, *overrides: str):
+    from d2ssl.engine.train_loop import do_train
+
+    cfg = tiny_config("jigsaw", "dataloader.train.dataset.names=digits_train",
+                      "dataloader.train.total_batch_size=4", *overrides)
+    do_train(cfg, resume=True)
+    return Path(cfg.train.output_dir)
+
+
+def test_keeps_the_last_k_checkpoints_across_a_resume(tiny_config):
+    out = _train(tiny_config, "train.max_iter=6", "train.checkpointer.period=1",
+                 "train.checkpointer.max_to_keep=2")
+    assert sorted(p.name for p in out.glob("*.pth")) == ["model_0000004.pth", "model_0000005.pth", "model_final.pth"]
+    # The resumed process deletes the checkpoints the first one wrote, keeping K in all.
+    _train(tiny_config, "train.max_iter=9", "train.checkpointer.period=1", "train.checkpointer.max_to_keep=2")
+    assert sorted(p.name for p in out.glob("*.pth")) == ["model_0000007.pth", "model_0000008.pth", "model_final.pth"]
+    assert (out / "last_checkpoint").read_text() == "model_final.pth"
+    assert not list(out.glob("*.tmp"))
+
+
+def test_resume_into_another_architecture_is_an_error(tiny_config):
+    out = _train(tiny_config, "train.max_iter=2", "train.checkpointer.period=1")
+    # The same run with a wider head: detectron2 alone would skip the head and train on silently.
+    with pytest.raises(CheckpointLoadError, match=r"model_final\.pth.*shapes differ for head\.per_tile"):
+        _train(tiny_config, "train.max_iter=4", "model.head.per_tile.dims=[128,96]",
+               "model.head.on_concat.dims=[384,24]")
+    assert (out / "last_checkpoint").read_text() == "model_final.pth"
+
+
+def _saved_run(tmp_path: Path, model: nn.Module, names=("model_0000001", "model_0000003")) -> Path:
+    out = tmp_path / "run"
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    checkpointer = AtomicCheckpointer(model, str(out), optimizer=optimizer)
+    for i, name in enumerate(names):
+        checkpointer.save(name, iteration=i)
+    return out
+
+
+def _resume(model: nn.Module, out: Path) -> dict:
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    return AtomicCheckpointer(model, str(out), optimizer=optimizer).resume_or_load("", resume=True)
+
+
+def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _assert_untouched(model: nn.Module, before: dict[str, torch.Tensor]) -> None:
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_resume_from_a_truncated_checkpoint_names_the_file_and_the_others(tmp_path):
+    out = _saved_run(tmp_path, _model())
+    data = (out / "model_0000003.pth").read_bytes()
+    (out / "model_0000003.pth").write_bytes(data[: len(data) // 3])
+    with pytest.raises(CheckpointLoadError, match=r"model_0000003\.pth.*truncated, corrupted.*model_0000001\.pth"):
+        _resume(_model(), out)
+
+
+def test_resume_from_a_missing_or_garbage_file_is_an_error(tmp_path):
+    out = _saved_run(tmp_path, _model())
+    (out / "model_0000003.pth").write_bytes(b"\x00not a checkpoint" * 10)
+    with pytest.raises(CheckpointLoadError, match=r"cannot read checkpoint .*model_0000003\.pth"):
+        _resume(_model(), out)
+    (out / "last_checkpoint").write_text("model_0000009.pth")
+    with pytest.raises(CheckpointLoadError, match=r"names .*model_0000009\.pth.*not a file"):
+        _resume(_model(), out)
+
+
+@pytest.mark.parametrize(
+    "other, problem",
+    [
+        (lambda: nn.Sequential(nn.Linear(64, 32), nn.BatchNorm1d(32)), r"shapes differ for 0\.weight \(64, 64\)"),
+        (lambda: nn.Sequential(nn.Linear(64, 64), nn.BatchNorm1d(64), nn.Linear(64, 2)),
+         r"the model has tensors the file lacks: 2\.weight, 2\.bias"),
+        (lambda: nn.Sequential(nn.Linear(64, 64)), r"the file has tensors the model lacks: 1\.weight"),
+    ],
+    ids=["other-shapes", "missing-keys", "unexpected-keys"],
+)
+def test_resume_refuses_a_checkpoint_of_another_architecture_before_loading_anything(tmp_path, other, problem):
+    out = _saved_run(tmp_path, _model())
+    model = other()
+    before = _snapshot(model)
+    with pytest.raises(CheckpointLoadError, match=rf"model_0000003\.pth.*another model.*{problem}"):
+        _resume(model, out)
+    _assert_untouched(model, before)
+
+
+def test_resume_from_a_weights_only_file_is_an_error(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    torch.save({"model": _model().state_dict()}, out / "model_final.pth")
+    (out / "last_checkpoint").write_text("model_final.pth")
+    with pytest.raises(CheckpointLoadError, match=r"lacks \['optimizer'\].*not a training checkpoint"):
+        _resume(_model(), out)
+
+
+def test_init_checkpoint_may_cover_part_of_the_model_but_must_fit_it(tmp_path):
+    torch.manual_seed(2)
+    trunk = nn.Linear(64, 64)
+    torch.save({"model": {"0.weight": trunk.weight.detach(), "0.bias": trunk.bias.detach()}}, tmp_path / "trunk.pth")
+    torch.save({"model": {"0.weight": torch.zeros(8, 8)}}, tmp_path / "small.pth")
+    torch.save({"model": {"encoder.conv1.weight": torch.zeros(8)}}, tmp_path / "foreign.pth")
+
+    model = _model()
+    AtomicCheckpointer(model).resume_or_load(str(tmp_path / "trunk.pth"), resume=False)
+    assert torch.equal(model[0].weight, trunk.weight)  # the tensors it has are loaded, the rest kept
+    before = _snapshot(model)
+    with pytest.raises(CheckpointLoadError, match=r"small\.pth.*shapes differ for 0\.weight \(8, 8\)"):
+        AtomicCheckpointer(model).resume_or_load(str(tmp_path / "small.pth"), resume=False)
+    with pytest.raises(CheckpointLoadError, match=r"foreign\.pth.*shares no tensor name.*encoder\.conv1\.weight"):
+        AtomicCheckpointer(model).resume_or_load(str(tmp_path / "foreign.pth"), resume=False)
+    with pytest.raises(CheckpointLoadError, match=r"absent\.pth.*does not exist"):
+        AtomicCheckpointer(model).resume_or_load(str(tmp_path / "absent.pth"), resume=False)
+    _assert_untouched(model, before)

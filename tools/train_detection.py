@@ -1,0 +1,32 @@
+#!/usr/bin/env python
+"""Fine-tune and evaluate a detector on a pretrained trunk, through detectron2's launcher.
+
+    python tools/train_detection.py --config-file configs/detection/faster_rcnn_R50_C4_voc07.py --num-gpus 8 \
+        train.init_checkpoint=output/jigsaw_R50/model_final.pth
+    python tools/train_detection.py --config-file configs/detection/tiny/faster_rcnn_FPN_pasted_coco.py \
+        train.init_checkpoint=output/tiny_jigsaw/model_final.pth
+    python tools/train_detection.py --config-file ... --eval-only train.init_checkpoint=<detector .pth>
+    python tools/train_detection.py --config-file ... --resume          # continue from output_dir
+
+Multi-machine: --num-machines N --machine-rank R --dist-url tcp://HOST:PORT (detectron2's flags).
+"""
+
+from detectron2.engine import default_argument_parser, launch
+
+from d2ssl.engine.detection import main
+
+
+def cli() -> None:
+    args = default_argument_parser().parse_args()
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
+
+
+if __name__ == "__main__":
+    cli()
