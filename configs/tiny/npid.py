@@ -1,11 +1,16 @@
-# CPU-sized NPID for the demo and the tests: Fashion-MNIST (60,000 photos of 28 px, upscaled to 32 px
+# CPU-sized NPID for the demo and the tests: Fashion-MNIST (60,000 photos of 28 px; 32 px random
 # crops), a ResNet-18 with 16 stem channels, a bank of one 128-d entry per image, 4096 negatives.
+#
+# InfoNCE (loss_type "cross_entropy") instead of NCE: NCE's Z is estimated once, on the first batch,
+# against a random bank; as soon as the bank holds real (at first, nearly identical) embeddings the
+# NCE loss climbs by orders of magnitude until they spread out, which takes far more steps than a CPU
+# demo has. InfoNCE has no Z and starts at ln(K + 1). Set model.loss.loss_type=nce for VISSL's loss.
 from detectron2.config import LazyCall as L
 
 from d2ssl.data.datasets import get_dataset_dicts
 
 from ..common.models import TINY, TINY_FEATURE_DIM
-from ..npid_R50 import EMBEDDING_DIM, dataloader, lr_multiplier, model, optimizer, train
+from ..npid_R50 import EMBEDDING_DIM, dataloader, lr_multiplier, model, optimizer, train  # noqa: F401  (LazyConfig exports every section)
 
 dataloader.train.dataset = L(get_dataset_dicts)(names="fashion_mnist_train")
 dataloader.train.mapper.transforms[1].update(size=32, scale=(0.2, 1.0))  # the RandomResizedCrop
@@ -15,6 +20,7 @@ dataloader.train.num_workers = 0
 model.trunk = TINY
 del TINY  # a building block, not a config section (LazyConfig keeps every top-level dict)
 model.head.dims = [TINY_FEATURE_DIM, EMBEDDING_DIM]
+model.loss.loss_type = "cross_entropy"
 
 optimizer.lr = 0.03
 train.epochs = None

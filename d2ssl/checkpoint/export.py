@@ -140,6 +140,6 @@ def convert_checkpoint(
             use = f"load with torchvision.models.{arch}().load_state_dict(torch.load(...), strict=True)"
     return (
         f"{input_file} ({trunk.layout} layout, ResNet at '{resnet_location(where, trunk.prefix)}', "
-        f"{len(trunk.trunk)} tensors, {len(trunk.unused)} other entries dropped) -> {output_file} ({to}): "
+        f"{len(trunk.trunk)} tensors, {len(trunk.unused)} entries outside it) -> {output_file} ({to}): "
         f"{use}"
     )

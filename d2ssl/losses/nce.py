@@ -131,7 +131,9 @@ class NCELossWithMemory(nn.Module):
         memory_params: Mapping | None = None,
     ):
         super().__init__()
-        sampling = _with_defaults("negative_sampling_params", negative_sampling_params, NEGATIVE_SAMPLING_DEFAULTS)
+        sampling = _with_defaults(
+            "negative_sampling_params", negative_sampling_params, NEGATIVE_SAMPLING_DEFAULTS
+        )
         memory = _with_defaults("memory_params", memory_params, MEMORY_DEFAULTS)
         if num_train_samples is None or int(num_train_samples) <= 0:
             raise ValueError(
@@ -210,9 +212,9 @@ class NCELossWithMemory(nn.Module):
 
     def extra_repr(self) -> str:
         return (
-            f"loss_type={self.loss_type}, memory={tuple(self.memory.shape)}, num_negatives={self.num_negatives}, "
-            f"temperature={self.temperature}, momentum={self.momentum}, loss_weights={self.loss_weights}, "
-            f"exclude_positive={self.exclude_positive}"
+            f"loss_type={self.loss_type}, memory={tuple(self.memory.shape)}, "
+            f"num_negatives={self.num_negatives}, exclude_positive={self.exclude_positive}, "
+            f"temperature={self.temperature}, momentum={self.momentum}, loss_weights={self.loss_weights}"
         )
 
     def check_head(self, head: nn.Module, name: str) -> None:
@@ -224,7 +226,9 @@ class NCELossWithMemory(nn.Module):
                 f"memory_params.embedding_dim={self.embedding_dim}: make them equal"
             )
 
-    def sample_negatives(self, indices: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample_negatives(
+        self, indices: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """``(B,)`` bank indices -> ``(B, K)`` uniformly drawn negative indices (without the sample's
         own index when ``exclude_positive``)."""
         shape = (indices.shape[0], self.num_negatives)
@@ -338,7 +342,7 @@ class NCELossWithMemory(nn.Module):
                     f"got {tuple(emb.shape)}"
                 )
         if indices.dtype != torch.long or indices.ndim != 1:
-            raise ValueError(f"indices must be a 1-d int64 tensor, got {indices.dtype} {tuple(indices.shape)}")
+            raise ValueError(f"indices must be 1-d int64, got {indices.dtype} {tuple(indices.shape)}")
         if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= self.memory_size):
             raise ValueError(
                 f"image indices must be in [0, {self.memory_size}) (the memory size), got "

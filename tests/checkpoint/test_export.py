@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pickle
-import subprocess
+import runpy
 import sys
 from pathlib import Path
 
@@ -144,17 +144,16 @@ def test_detectron2_output_must_be_a_pickle(tmp_path, tv_resnet50):
         convert_checkpoint(str(tmp_path / "tv.pth"), str(tmp_path / "out.pth"), to="detectron2")
 
 
-def test_convert_checkpoint_tool(tmp_path):
+def test_convert_checkpoint_tool(tmp_path, monkeypatch, capsys):
     resnet = torchvision_resnet("resnet18", seed=8)
     state = {"epoch": 200, "state_dict": {"module.encoder." + k: v for k, v in resnet.state_dict().items()
                                           if not k.startswith("fc.")}}
     torch.save(state, tmp_path / "jigclu.pth.tar")
-    out = subprocess.run(
-        [sys.executable, "-W", "ignore", str(REPO / "tools" / "convert_checkpoint.py"),
-         str(tmp_path / "jigclu.pth.tar"), str(tmp_path / "r18.pth"), "--to", "torchvision"],
-        capture_output=True, text=True, check=True, cwd=REPO,
-    )
-    assert "jigclu layout" in out.stdout and "torchvision.models.resnet18()" in out.stdout
+    argv = [str(tmp_path / "jigclu.pth.tar"), str(tmp_path / "r18.pth"), "--to", "torchvision"]
+    monkeypatch.setattr(sys, "argv", ["convert_checkpoint.py", *argv])
+    runpy.run_path(str(REPO / "tools" / "convert_checkpoint.py"), run_name="__main__")
+    printed = capsys.readouterr().out
+    assert "jigclu layout" in printed and "torchvision.models.resnet18()" in printed
     exported = torch.load(tmp_path / "r18.pth", weights_only=True)
     target = torchvision.models.resnet18()
     target.load_state_dict(exported, strict=True)

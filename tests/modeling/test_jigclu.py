@@ -1,5 +1,6 @@
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,9 +11,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from d2ssl.data.build import SeededMapDataset
-from d2ssl.engine.train_loop import do_train
+from d2ssl.engine.train_loop import do_train, setup_config
 from d2ssl.modeling import build_resnet_trunk, mlp_head
 from d2ssl.modeling.meta_arch import JigsawClustering
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 class MeanPerPatchTrunk(nn.Module):
@@ -38,14 +41,14 @@ def test_features_and_labels_of_each_slot_belong_to_the_same_patch():
     # Row r is the feature of patch (image cluster_labels[r], position location_labels[r]).
     torch.testing.assert_close(features, patches[cluster_labels, location_labels].mean(dim=(2, 3)))
     assert torch.bincount(cluster_labels).tolist() == [4] * n
-    assert sorted(zip(cluster_labels.tolist(), location_labels.tolist())) == [(i, k) for i in range(n) for k in range(4)]
+    every_patch = [(i, k) for i in range(n) for k in range(4)]
+    assert sorted(zip(cluster_labels.tolist(), location_labels.tolist())) == every_patch
 
 
 def test_slot_features_average_the_upsampled_quadrants():
     model = JigsawClustering(
-        nn.Identity(), cluster_head=nn.Identity(), location_head=nn.Identity(), upsample_size=8
+        MeanPerPatchTrunk(1), cluster_head=nn.Identity(), location_head=nn.Identity(), upsample_size=8
     )
-    model.trunk = lambda x: {"res5": x}
     fmap = torch.randn(2, 5, 7, 7)
     quadrants = model.slot_features(fmap)
     upsampled = F.interpolate(fmap, size=(8, 8), mode="bilinear", align_corners=False)
@@ -133,3 +136,34 @@ def test_two_processes_compute_the_full_batch_loss_and_gradient(tmp_path):
         assert got["losses"] == pytest.approx(expected_losses, rel=1e-5)
         for g, e in zip(got["grads"], expected_grads):
             torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "name,depth,width,projection",
+    [("jigclu_R50", 50, 1, [2048, 2048, 128]), ("jigclu_R101", 101, 1, [2048, 2048, 128]),
+     ("jigclu_R50w2", 50, 2, [4096, 4096, 128]), ("jigclu_R50w4", 50, 4, [8192, 8192, 128]),
+     ("jigclu_R50_linearhead", 50, 1, [2048, 128])],
+)
+def test_variant_configs_build_a_consistent_model(name, depth, width, projection):
+    cfg = setup_config(str(CONFIGS / f"{name}.py"))
+    with torch.device("meta"):  # shapes only: no memory, no initialisation cost
+        model = instantiate(cfg.model)
+        features = model.patch_features(torch.empty(2, 3, 224, 224))
+        embeddings, logits = model.cluster_head(features), model.location_head(features)
+    assert features.shape == (8, 2048 * width) and embeddings.shape == (8, 128) and logits.shape == (8, 4)
+    assert [m.in_features for m in model.cluster_head if isinstance(m, nn.Linear)] == projection[:-1]
+    assert cfg.model.trunk.depth == depth and cfg.model.trunk.norm == "SyncBN"
+    assert (model.cluster_loss.temperature, model.cluster_loss.base_temperature) == (0.3, 0.07)
+    assert (cfg.dataloader.train.total_batch_size, cfg.optimizer.lr, cfg.train.epochs) == (256, 0.03, 200)
+    # JigClu decays BatchNorm weights too (torch.optim.SGD over model.parameters()).
+    assert cfg.optimizer.weight_decay == cfg.optimizer.params.weight_decay_norm == 1e-4
+
+
+def test_learning_rate_follows_a_cosine_stepped_once_per_epoch():
+    schedule = instantiate(setup_config(str(CONFIGS / "jigclu_R50.py")).lr_multiplier)
+    epochs = 200
+    for epoch in (0, 1, 50, 100, 199):
+        expected = 0.5 * (1 + math.cos(math.pi * epoch / epochs))
+        assert schedule(epoch / epochs) == pytest.approx(expected)
+        assert schedule((epoch + 0.99) / epochs) == pytest.approx(expected)  # constant within an epoch
+    assert schedule(1.0) == pytest.approx(0.5 * (1 + math.cos(math.pi * 199 / 200)))

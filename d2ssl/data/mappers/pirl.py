@@ -46,8 +46,9 @@ class PIRLMapper:
     ):
         if tile_size > patch_crop_size // grid:
             raise ValueError(
-                f"tile_size={tile_size} does not fit a {grid}x{grid} grid on patch_crop_size={patch_crop_size} "
-                f"(cells of {patch_crop_size // grid} px): need tile_size <= patch_crop_size // grid"
+                f"tile_size={tile_size} does not fit a {grid}x{grid} grid on patch_crop_size="
+                f"{patch_crop_size} (cells of {patch_crop_size // grid} px): need tile_size <= "
+                "patch_crop_size // grid"
             )
         self.augmentation = augmentation
         self.image_crop = T.RandomResizedCrop(image_size, scale=tuple(image_scale))

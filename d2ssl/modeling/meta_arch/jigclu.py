@@ -9,7 +9,6 @@ import torch.distributed as dist
 from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.utils import comm
 from torch import nn
-from torch.distributed.nn.functional import all_gather as differentiable_all_gather
 from torch.nn import functional as F
 
 from d2ssl.data.mappers.montage import NUM_PATCHES, assemble_montages
@@ -17,17 +16,38 @@ from d2ssl.losses.supcon import SupConLoss
 from d2ssl.modeling.meta_arch.base import SSLMetaArch, accuracy
 
 
+class _AllGatherWithGradient(torch.autograd.Function):
+    """All-gather whose backward hands each rank the sum over ranks of the gradients of its slice.
+
+    (``torch.distributed.nn.functional.all_gather`` does the same but is deprecated, and on gloo
+    it sends non-contiguous gradients through all-to-all unchanged, which corrupts them.)
+    """
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        gathered = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+        dist.all_gather(gathered, tensor.contiguous())
+        return torch.cat(gathered, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        n = grad.shape[0] // dist.get_world_size()
+        return grad[dist.get_rank() * n : (dist.get_rank() + 1) * n]
+
+
 def concat_all_gather(tensor: torch.Tensor, differentiable: bool = False) -> torch.Tensor:
     """Concatenates ``tensor`` of every rank along dim 0, in rank order (a no-op on one process).
 
-    With ``differentiable=True`` the backward pass sends each rank the sum over ranks of the
-    gradients of its slice (as JigClu's ``diffdist``): when every rank computes the same loss on
-    the gathered tensor, DDP's gradient averaging then yields the gradient of that one loss.
+    With ``differentiable=True`` gradients flow back as in JigClu's ``diffdist`` all-gather: each
+    rank receives the sum over ranks of the gradients of its slice, so when every rank computes the
+    same loss on the gathered tensor, DDP's gradient averaging yields the gradient of that one loss.
     """
     if comm.get_world_size() == 1:
         return tensor
     if differentiable:
-        return torch.cat(differentiable_all_gather(tensor), dim=0)
+        return _AllGatherWithGradient.apply(tensor)
     gathered = [torch.empty_like(tensor) for _ in range(comm.get_world_size())]
     dist.all_gather(gathered, tensor.contiguous())
     return torch.cat(gathered, dim=0)

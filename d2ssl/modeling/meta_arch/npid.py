@@ -26,7 +26,9 @@ class NPID(SSLMetaArch):
         super().__init__(trunk, feature)
         loss.check_head(head, "head")
         if len(loss.loss_weights) != 1:
-            raise ValueError(f"NPID has one embedding per image: loss_weights needs 1 value, got {loss.loss_weights}")
+            raise ValueError(
+                f"NPID has one embedding per image: loss_weights needs 1 value, got {loss.loss_weights}"
+            )
         self.head = head
         self.loss = loss
 

@@ -41,8 +41,8 @@ class PIRL(SSLMetaArch):
         loss.check_head(patch_head, "patch_head")
         if len(loss.loss_weights) != 2:
             raise ValueError(
-                f"PIRL scores two embeddings against the bank ([patches, image]): loss_weights needs 2 values, "
-                f"got {loss.loss_weights}"
+                "PIRL scores two embeddings against the bank ([patches, image]): loss_weights needs 2 "
+                f"values, got {loss.loss_weights}"
             )
         self.image_head = image_head
         self.patch_head = patch_head

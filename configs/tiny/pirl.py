@@ -1,0 +1,33 @@
+# CPU-sized PIRL for the demo and the tests: Fashion-MNIST (60,000 photos of 28 px), a 32 px image
+# crop and 9 tiles of 14 px from a 48 px crop (3x3 cells of 16 px), a ResNet-18 with 16 stem channels,
+# a bank of one 128-d entry per image, 4096 negatives. InfoNCE rather than NCE, for the reason given in
+# configs/tiny/npid.py (set model.loss.loss_type=nce for VISSL's loss).
+from detectron2.config import LazyCall as L
+
+from d2ssl.data.datasets import get_dataset_dicts
+
+from ..common.models import TINY, TINY_FEATURE_DIM
+from ..pirl_R50 import EMBEDDING_DIM, dataloader, lr_multiplier, model, optimizer, train  # noqa: F401  (LazyConfig exports every section)
+
+dataloader.train.dataset = L(get_dataset_dicts)(names="fashion_mnist_train")
+dataloader.train.mapper.update(
+    image_size=32, image_scale=(0.2, 1.0), patch_crop_size=48, patch_crop_scale=(0.6, 1.0), tile_size=14
+)
+dataloader.train.total_batch_size = 32
+dataloader.train.num_workers = 0
+
+model.trunk = TINY
+del TINY  # a building block, not a config section (LazyConfig keeps every top-level dict)
+model.image_head.dims = [TINY_FEATURE_DIM, EMBEDDING_DIM]
+model.patch_head.per_tile.dims = [TINY_FEATURE_DIM, EMBEDDING_DIM]
+model.loss.loss_type = "cross_entropy"
+model.loss.negative_sampling_params.num_negatives = 4096
+
+optimizer.lr = 0.03
+train.epochs = None
+train.max_iter = 200
+train.device = "cpu"
+train.reference_world_size = 0
+train.checkpointer.period = 100
+train.log_period = 20
+train.output_dir = "output/tiny_pirl"
