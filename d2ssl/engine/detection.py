@@ -32,6 +32,7 @@ from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.layers import get_norm
 from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
+from detectron2.utils.logger import setup_logger
 from omegaconf import DictConfig
 from torch import nn
 
@@ -146,6 +147,8 @@ def main(args) -> dict:
     """Entry point of ``tools/train_detection.py`` in each launched process."""
     cfg = setup_config(args.config_file, args.opts)
     default_setup(cfg, args)
+    # default_setup configures detectron2's and fvcore's loggers; d2ssl's (conversions, tables) too.
+    setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="d2ssl")
     torch.set_num_threads(max(1, torch.get_num_threads()))
     if not args.eval_only:
         return train_detector(cfg, resume=args.resume)

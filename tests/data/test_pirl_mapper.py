@@ -1,0 +1,85 @@
+import pytest
+import skimage.data
+import torch
+from PIL import Image
+from torchvision import transforms as T
+from torchvision.transforms import functional as F
+
+from d2ssl.data.mappers import PIRLMapper
+from d2ssl.data.transforms import to_normalized_tensor
+
+GRID, CROP, TILE, IMAGE = 3, 255, 64, 224
+
+
+@pytest.fixture(scope="module")
+def astronaut() -> dict:
+    return {"image": skimage.data.astronaut(), "image_id": 41}  # 512 x 512 RGB photo
+
+
+def test_tiles_come_from_their_cells_of_the_patch_crop(astronaut):
+    # scale (1, 1) on a square photo: the patch crop is the whole photo resized to 255, so every tile
+    # can be looked up in it. No colour augmentation, so pixels compare exactly.
+    mapper = PIRLMapper(augmentation=None, image_size=IMAGE, patch_crop_size=CROP, patch_crop_scale=(1.0, 1.0),
+                        grid=GRID, tile_size=TILE)
+    crop = to_normalized_tensor(F.resize(Image.fromarray(astronaut["image"]), [CROP, CROP]))
+    cell = CROP // GRID
+    for seed in range(3):
+        out = mapper(dict(astronaut), torch.Generator().manual_seed(seed))
+        assert out["image"].shape == (3, IMAGE, IMAGE)
+        assert out["tiles"].shape == (GRID * GRID, 3, TILE, TILE)
+        assert sorted(out["tile_order"].tolist()) == list(range(GRID * GRID))
+        for slot, tile in enumerate(out["tiles"]):
+            row, col = divmod(int(out["tile_order"][slot]), GRID)
+            matches = [
+                (dy, dx)
+                for dy in range(cell - TILE + 1)
+                for dx in range(cell - TILE + 1)
+                if torch.allclose(
+                    crop[:, row * cell + dy : row * cell + dy + TILE, col * cell + dx : col * cell + dx + TILE],
+                    tile, atol=1e-6,
+                )
+            ]
+            assert len(matches) == 1, (seed, slot, matches)
+
+
+def test_tiles_are_shuffled_uniformly(astronaut):
+    mapper = PIRLMapper(image_size=32, patch_crop_size=48, grid=GRID, tile_size=14)
+    small = {"image": astronaut["image"][::8, ::8], "image_id": 0}
+    first_slot = torch.zeros(GRID * GRID)
+    for seed in range(180):
+        first_slot[mapper(dict(small), torch.Generator().manual_seed(seed))["tile_order"][0]] += 1
+    assert (first_slot > 8).all()  # 20 expected per cell
+
+
+def test_image_id_is_carried_and_views_are_reproducible(astronaut):
+    mapper = PIRLMapper(augmentation=T.ColorJitter(0.4, 0.4, 0.4, 0.2), image_size=32, patch_crop_size=48,
+                        tile_size=14)
+    a = mapper(dict(astronaut), torch.Generator().manual_seed(5))
+    b = mapper(dict(astronaut), torch.Generator().manual_seed(5))
+    c = mapper(dict(astronaut), torch.Generator().manual_seed(6))
+    assert a["image_id"] == 41
+    assert torch.equal(a["image"], b["image"]) and torch.equal(a["tiles"], b["tiles"])
+    assert not torch.equal(a["tiles"], c["tiles"])
+
+
+def test_each_view_is_augmented_on_its_own(astronaut):
+    # VISSL applies the colour transforms to the image and to every tile independently.
+    mapper = PIRLMapper(augmentation=T.RandomGrayscale(p=0.5), image_size=32, patch_crop_size=48, tile_size=14)
+    out = mapper(dict(astronaut), torch.Generator().manual_seed(0))
+    views = torch.cat([out["image"][None, :, :14, :14], out["tiles"]])
+    gray = [bool(torch.allclose(v[0] * 0.229 + 0.485, v[1] * 0.224 + 0.456, atol=1e-5)) for v in views]
+    assert any(gray) and not all(gray)
+
+
+def test_tiles_that_do_not_fit_the_grid_are_refused():
+    with pytest.raises(ValueError, match="tile_size=20 does not fit a 3x3 grid"):
+        PIRLMapper(patch_crop_size=48, grid=3, tile_size=20)
+
+
+def test_tiny_config_mapper_on_fashion_mnist(tiny_config, fashion_mnist_small):
+    from detectron2.config import instantiate
+
+    mapper = instantiate(tiny_config("pirl").dataloader.train.mapper)
+    out = mapper(dict(fashion_mnist_small[7]), torch.Generator().manual_seed(0))
+    assert out["image"].shape == (3, 32, 32) and out["tiles"].shape == (9, 3, 14, 14)
+    assert out["image_id"] == 7
