@@ -43,7 +43,9 @@ def validate_config(cfg: DictConfig, config_file: str = "<config>") -> None:
     """Raises ``ConfigError`` naming the key and the allowed values for the first problem found."""
     missing = [s for s in REQUIRED_SECTIONS if s not in cfg]
     if missing:
-        raise ConfigError(f"{config_file}: missing top-level sections {missing} (need {list(REQUIRED_SECTIONS)})")
+        raise ConfigError(
+            f"{config_file}: missing top-level sections {missing} (need {list(REQUIRED_SECTIONS)})"
+        )
     missing = [k for k in REQUIRED_TRAIN_KEYS if k not in cfg.train]
     if missing:
         raise ConfigError(f"{config_file}: train is missing keys {missing}")
@@ -67,9 +69,12 @@ def validate_config(cfg: DictConfig, config_file: str = "<config>") -> None:
         raise ConfigError(f"{config_file}: optimizer.lr must be a positive number, got {lr!r}")
     device = cfg.train.device
     if not (isinstance(device, str) and _DEVICE.match(device)):
-        raise ConfigError(f"{config_file}: train.device must be 'cpu', 'cuda' or 'cuda:<index>', got {device!r}")
-    if not isinstance(cfg.train.amp.get("enabled", False), bool):
-        raise ConfigError(f"{config_file}: train.amp.enabled must be true or false, got {cfg.train.amp.enabled!r}")
+        raise ConfigError(
+            f"{config_file}: train.device must be 'cpu', 'cuda' or 'cuda:<index>', got {device!r}"
+        )
+    amp = cfg.train.amp.get("enabled", False)
+    if not isinstance(amp, bool):
+        raise ConfigError(f"{config_file}: train.amp.enabled must be true or false, got {amp!r}")
     check_call_arguments(cfg, config_file)
 
 
@@ -115,7 +120,9 @@ def _check_node(node: DictConfig, config_file: str, path: str) -> None:
         try:
             target = locate(target)
         except Exception as e:
-            raise ConfigError(f"{config_file}: {path}._target_={node._target_!r} cannot be imported: {e}") from e
+            raise ConfigError(
+                f"{config_file}: {path}._target_={node._target_!r} cannot be imported: {e}"
+            ) from e
     try:
         signature = inspect.signature(target)
     except (TypeError, ValueError):  # builtins without a signature: nothing to check against

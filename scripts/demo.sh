@@ -19,5 +19,11 @@ TRAIN=("$PY" tools/train_net.py --num-gpus 0)
 echo "== 1/3 pretraining Jigsaw (2x2 tiles, 24 permutations) on Fashion-MNIST"
 "${TRAIN[@]}" --config-file configs/tiny/jigsaw.py train.output_dir="$OUT/jigsaw" train.max_iter=300
 
+echo "== 3/3 detection transfer: convert the Jigsaw trunk, fine-tune Faster R-CNN (FPN) on a small COCO-format set"
+"$PY" tools/convert_checkpoint.py "$OUT/jigsaw/model_final.pth" "$OUT/jigsaw/trunk_detectron2.pkl" --to detectron2
+"$PY" tools/train_detection.py --num-gpus 0 --config-file configs/detection/tiny/faster_rcnn_FPN_pasted_coco.py \
+    train.init_checkpoint="$OUT/jigsaw/trunk_detectron2.pkl" train.output_dir="$OUT/detection_jigsaw" \
+    dataloader.train.dataset.names.root="$OUT/data/pasted_coco" dataloader.test.dataset.names.root="$OUT/data/pasted_coco"
+
 echo "== report"
 "$PY" tools/report.py "$OUT"

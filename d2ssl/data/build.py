@@ -125,8 +125,9 @@ class SeededMapDataset(torch.utils.data.Dataset):
         self.num_bad += 1
         if len(self.bad_examples) < 5:
             self.bad_examples[idx] = message
-        logger.warning("skipped image %d (%d of %d read so far failed): %s", idx, self.num_bad, self.num_reads,
-                       message)
+        logger.warning(
+            "skipped image %d (%d of %d read so far failed): %s", idx, self.num_bad, self.num_reads, message
+        )
         if (
             self.num_reads >= self.min_reads_before_check
             and self.num_bad > self.max_bad_fraction * self.num_reads

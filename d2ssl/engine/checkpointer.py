@@ -86,7 +86,8 @@ class AtomicCheckpointer(DetectionCheckpointer):
         local_dir = self.path_manager.get_local_path(os.path.dirname(path))
         if os.path.isdir(local_dir):
             # os.replace is atomic on POSIX and overwrites; iopath's mv refuses an existing target.
-            os.replace(os.path.join(local_dir, os.path.basename(tmp)), os.path.join(local_dir, os.path.basename(path)))
+            local_tmp, local_path = (os.path.join(local_dir, os.path.basename(p)) for p in (tmp, path))
+            os.replace(local_tmp, local_path)
             _fsync_dir(local_dir)
         else:  # remote store: no atomic rename exists, keep the tmp-then-move order at least
             if self.path_manager.exists(path):
@@ -139,7 +140,8 @@ class AtomicCheckpointer(DetectionCheckpointer):
             ) from e
         if not isinstance(loaded.get("model"), Mapping):
             raise CheckpointLoadError(
-                f"checkpoint {filename!r} holds no state dict under 'model' (found {type(loaded.get('model'))})"
+                f"checkpoint {filename!r} holds no state dict under 'model' "
+                f"(found {type(loaded.get('model')).__name__})"
             )
         return loaded
 

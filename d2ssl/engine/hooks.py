@@ -10,6 +10,7 @@ import re
 import numpy as np
 import torch
 from detectron2.engine import HookBase, hooks
+from detectron2.utils import comm
 
 logger = logging.getLogger(__name__)
 
@@ -52,46 +53,80 @@ class ResumeDataOrder(HookBase):
                 )
 
 
-class RandomStateCheckpoint(HookBase):
-    """Stores the training process's python/numpy/torch random states in every checkpoint (the
-    trainer saves the ``state_dict`` of its hooks) and restores them on resume, so random choices
-    made inside the model (e.g. NCE negatives) continue identically.
+def capture_random_state() -> dict:
+    """This process's python/numpy/torch(/CUDA) random states, in types that
+    ``torch.load(weights_only=True)`` accepts (no numpy arrays)."""
+    name, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {
+            "bit_generator": name,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached_gaussian),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
-    The state is kept in types that ``torch.load(weights_only=True)`` accepts (no numpy arrays).
+
+def restore_random_state(state: dict) -> None:
+    """Inverse of ``capture_random_state``."""
+    random.setstate(state["python"])
+    np_state = state["numpy"]
+    np.random.set_state(
+        (
+            np_state["bit_generator"],
+            np_state["keys"].numpy().astype(np.uint32),
+            np_state["pos"],
+            np_state["has_gauss"],
+            np_state["cached_gaussian"],
+        )
+    )
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class RandomStateCheckpoint(HookBase):
+    """Stores the random states of the training processes in every checkpoint (the trainer saves the
+    ``state_dict`` of its hooks) and restores them on resume, so random choices made inside the
+    model (e.g. NCE negatives) continue identically.
+
+    Each rank has its own state (detectron2 seeds rank ``r`` with ``seed + r``) but only the main
+    process writes checkpoints: at every checkpoint iteration (each ``period``-th and the last, as
+    ``PeriodicCheckpointer``) the states of all ranks are gathered to it, and on resume each rank
+    restores its own. Resuming on another number of processes keeps the freshly seeded states.
     """
 
+    def __init__(self, period: int | None = None):
+        self.period = period
+        self._gathered: list[dict] | None = None
+
+    def after_step(self) -> None:
+        if comm.get_world_size() == 1 or not self.period:
+            return
+        next_iter = self.trainer.iter + 1
+        if next_iter % self.period == 0 or next_iter >= self.trainer.max_iter:
+            self._gathered = comm.all_gather(capture_random_state())
+
     def state_dict(self) -> dict:
-        name, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
-        state = {
-            "python": random.getstate(),
-            "numpy": {
-                "bit_generator": name,
-                "keys": torch.from_numpy(keys.astype(np.int64)),
-                "pos": int(pos),
-                "has_gauss": int(has_gauss),
-                "cached_gaussian": float(cached_gaussian),
-            },
-            "torch": torch.get_rng_state(),
-        }
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            state["cuda"] = torch.cuda.get_rng_state_all()
-        return state
+        if comm.get_world_size() > 1 and self._gathered is not None:
+            return {"ranks": self._gathered}
+        return {"ranks": [capture_random_state()]}
 
     def load_state_dict(self, state: dict) -> None:
-        random.setstate(state["python"])
-        np_state = state["numpy"]
-        np.random.set_state(
-            (
-                np_state["bit_generator"],
-                np_state["keys"].numpy().astype(np.uint32),
-                np_state["pos"],
-                np_state["has_gauss"],
-                np_state["cached_gaussian"],
+        ranks, world_size = state["ranks"], comm.get_world_size()
+        if len(ranks) != world_size:
+            logger.warning(
+                "the checkpoint holds the random states of %d processes, this run has %d: random choices "
+                "will differ from an uninterrupted run", len(ranks), world_size,
             )
-        )
-        torch.set_rng_state(state["torch"])
-        if "cuda" in state and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda"])
+            return
+        restore_random_state(ranks[comm.get_rank()])
 
 
 class PeriodicCheckpointer(hooks.PeriodicCheckpointer):
@@ -120,8 +155,9 @@ class PeriodicCheckpointer(hooks.PeriodicCheckpointer):
         # detectron2's loop leaves iter at max_iter (or beyond) only when every step succeeded.
         if self.trainer.iter < self.trainer.max_iter:
             logger.warning(
-                "training stopped at iteration %d by an exception: no checkpoint written after it (last "
-                "complete checkpoint: %s)", self.trainer.iter, self.checkpointer.get_checkpoint_file() or "none",
+                "training stopped at iteration %d by an exception: no checkpoint written after it "
+                "(last complete checkpoint: %s)",
+                self.trainer.iter, self.checkpointer.get_checkpoint_file() or "none",
             )
             return
         super().after_train()

@@ -146,7 +146,7 @@ def do_train(cfg: DictConfig, resume: bool = False) -> dict[str, float]:
         [
             hooks.IterationTimer(),
             ResumeDataOrder(train_loader.batch_sampler.sampler),
-            RandomStateCheckpoint(),
+            RandomStateCheckpoint(period=cfg.train.checkpointer.period),
             hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
             PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if comm.is_main_process() else None,
             hooks.PeriodicWriter(

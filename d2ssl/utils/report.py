@@ -6,15 +6,15 @@ import os
 
 from tabulate import tabulate
 
-from d2ssl.utils.metrics import metric_trajectory
+from d2ssl.utils.metrics import metric_trajectory, read_metrics
 
 # Pretext metric each meta-architecture logs, and its chance level (None: no fixed chance level).
 PRETEXT_METRICS: dict[str, tuple[str, float | None]] = {
     "jigsaw": ("jigsaw_accuracy", 1 / 24),
-    "rotnet": ("rotation_accuracy", 1 / 4),
+    "rotnet": ("rotnet_accuracy", 1 / 4),
     "pirl": ("nce_positive_rank_accuracy", None),
     "npid": ("nce_positive_rank_accuracy", None),
-    "jigclu": ("location_accuracy", 1 / 4),
+    "jigclu": ("jigclu_location_accuracy", 1 / 4),
 }
 
 
@@ -35,6 +35,32 @@ def pretraining_rows(demo_dir: str) -> list[list]:
     return rows
 
 
+def detection_rows(demo_dir: str) -> list[list]:
+    """One row per ``detection*`` run folder: the COCO box AP/AP50 of its last evaluation."""
+    rows = []
+    for name in sorted(os.listdir(demo_dir)):
+        run = os.path.join(demo_dir, name)
+        if not name.startswith("detection") or not os.path.isdir(run):
+            continue
+        try:
+            evals = [r for r in read_metrics(run) if "bbox/AP" in r]
+        except FileNotFoundError:
+            evals = []
+        if not evals:
+            rows.append([name, "-", "-", "-", run])
+            continue
+        last = evals[-1]
+        rows.append([name, last["iteration"], f"{last['bbox/AP']:.1f}", f"{last['bbox/AP50']:.1f}", run])
+    return rows
+
+
 def format_report(demo_dir: str) -> str:
-    headers = ["method", "pretext metric", "first", "last", "chance", "output"]
-    return tabulate(pretraining_rows(demo_dir), headers=headers, tablefmt="github")
+    pretraining = tabulate(
+        pretraining_rows(demo_dir), headers=["method", "pretext metric", "first", "last", "chance", "output"],
+        tablefmt="github",
+    )
+    detection = tabulate(
+        detection_rows(demo_dir), headers=["detection fine-tune", "iterations", "box AP", "AP50", "output"],
+        tablefmt="github",
+    )
+    return f"Pretraining\n{pretraining}\n\nDetection transfer (COCO evaluation)\n{detection}"

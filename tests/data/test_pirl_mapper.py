@@ -46,9 +46,9 @@ def test_tiles_are_shuffled_uniformly(astronaut):
     mapper = PIRLMapper(image_size=32, patch_crop_size=48, grid=GRID, tile_size=14)
     small = {"image": astronaut["image"][::8, ::8], "image_id": 0}
     first_slot = torch.zeros(GRID * GRID)
-    for seed in range(180):
+    for seed in range(90):
         first_slot[mapper(dict(small), torch.Generator().manual_seed(seed))["tile_order"][0]] += 1
-    assert (first_slot > 8).all()  # 20 expected per cell
+    assert (first_slot >= 3).all() and first_slot.max() <= 20  # 10 expected per cell
 
 
 def test_image_id_is_carried_and_views_are_reproducible(astronaut):

@@ -15,6 +15,7 @@ from torch import nn
 from d2ssl.engine.checkpointer import AtomicCheckpointer, CheckpointLoadError
 
 REPO = Path(__file__).resolve().parents[2]
+FINAL = "model_final.pth"
 
 # A child process saves model_a, changes the weights and saves again, and is killed by SIGKILL from
 # inside that second save: halfway through writing the checkpoint bytes over model_a itself (as a
@@ -119,10 +120,10 @@ def _train(tiny_config, *overrides: str) -> Path:
 def test_keeps_the_last_k_checkpoints_across_a_resume(tiny_config, one_thread):
     out = _train(tiny_config, "train.max_iter=6", "train.checkpointer.period=1",
                  "train.checkpointer.max_to_keep=2")
-    assert sorted(p.name for p in out.glob("*.pth")) == ["model_0000004.pth", "model_0000005.pth", "model_final.pth"]
+    assert sorted(p.name for p in out.glob("*.pth")) == ["model_0000004.pth", "model_0000005.pth", FINAL]
     # The resumed process deletes the checkpoints the first one wrote, keeping K in all.
     _train(tiny_config, "train.max_iter=9", "train.checkpointer.period=1", "train.checkpointer.max_to_keep=2")
-    assert sorted(p.name for p in out.glob("*.pth")) == ["model_0000007.pth", "model_0000008.pth", "model_final.pth"]
+    assert sorted(p.name for p in out.glob("*.pth")) == ["model_0000007.pth", "model_0000008.pth", FINAL]
     assert (out / "last_checkpoint").read_text() == "model_final.pth"
     assert not list(out.glob("*.tmp"))
 
@@ -162,7 +163,8 @@ def test_resume_from_a_truncated_checkpoint_names_the_file_and_the_others(tmp_pa
     out = _saved_run(tmp_path, _model())
     data = (out / "model_0000003.pth").read_bytes()
     (out / "model_0000003.pth").write_bytes(data[: len(data) // 3])
-    with pytest.raises(CheckpointLoadError, match=r"(?s)model_0000003\.pth.*truncated, corrupted.*model_0000001\.pth"):
+    message = r"(?s)model_0000003\.pth.*truncated, corrupted.*model_0000001\.pth"
+    with pytest.raises(CheckpointLoadError, match=message):
         _resume(_model(), out)
 
 
@@ -179,14 +181,15 @@ def test_resume_from_a_missing_or_garbage_file_is_an_error(tmp_path):
 @pytest.mark.parametrize(
     "other, problem",
     [
-        (lambda: nn.Sequential(nn.Linear(64, 32), nn.BatchNorm1d(32)), r"shapes differ for 0\.weight \(64, 64\)"),
+        (lambda: nn.Sequential(nn.Linear(64, 32), nn.BatchNorm1d(32)),
+         r"shapes differ for 0\.weight \(64, 64\)"),
         (lambda: nn.Sequential(nn.Linear(64, 64), nn.BatchNorm1d(64), nn.Linear(64, 2)),
          r"the model has tensors the file lacks: 2\.weight, 2\.bias"),
         (lambda: nn.Sequential(nn.Linear(64, 64)), r"the file has tensors the model lacks: 1\.weight"),
     ],
     ids=["other-shapes", "missing-keys", "unexpected-keys"],
 )
-def test_resume_refuses_a_checkpoint_of_another_architecture_before_loading_anything(tmp_path, other, problem):
+def test_resume_refuses_another_architecture_before_loading_anything(tmp_path, other, problem):
     out = _saved_run(tmp_path, _model())
     model = other()
     before = _snapshot(model)
@@ -207,7 +210,8 @@ def test_resume_from_a_weights_only_file_is_an_error(tmp_path):
 def test_init_checkpoint_may_cover_part_of_the_model_but_must_fit_it(tmp_path):
     torch.manual_seed(2)
     trunk = nn.Linear(64, 64)
-    torch.save({"model": {"0.weight": trunk.weight.detach(), "0.bias": trunk.bias.detach()}}, tmp_path / "trunk.pth")
+    torch.save({"model": {"0.weight": trunk.weight.detach(), "0.bias": trunk.bias.detach()}},
+               tmp_path / "trunk.pth")
     torch.save({"model": {"0.weight": torch.zeros(8, 8)}}, tmp_path / "small.pth")
     torch.save({"model": {"encoder.conv1.weight": torch.zeros(8)}}, tmp_path / "foreign.pth")
 
@@ -217,7 +221,7 @@ def test_init_checkpoint_may_cover_part_of_the_model_but_must_fit_it(tmp_path):
     before = _snapshot(model)
     with pytest.raises(CheckpointLoadError, match=r"small\.pth.*shapes differ for 0\.weight \(8, 8\)"):
         AtomicCheckpointer(model).resume_or_load(str(tmp_path / "small.pth"), resume=False)
-    with pytest.raises(CheckpointLoadError, match=r"foreign\.pth.*shares no tensor name.*encoder\.conv1\.weight"):
+    with pytest.raises(CheckpointLoadError, match=r"foreign\.pth.*shares no tensor name.*encoder\.conv1"):
         AtomicCheckpointer(model).resume_or_load(str(tmp_path / "foreign.pth"), resume=False)
     with pytest.raises(CheckpointLoadError, match=r"absent\.pth.*does not exist"):
         AtomicCheckpointer(model).resume_or_load(str(tmp_path / "absent.pth"), resume=False)

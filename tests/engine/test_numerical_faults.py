@@ -10,6 +10,9 @@ import torch
 from detectron2.config import LazyCall as L
 from detectron2.engine import hooks as d2_hooks
 from detectron2.utils.events import get_event_storage
+
+# The checkpointer tests' fixture (pytest puts tests/engine on sys.path); it belongs in conftest.py.
+from test_checkpointer import one_thread  # noqa: F401
 from torch import nn
 
 from d2ssl.engine.checkpointer import AtomicCheckpointer
@@ -31,22 +34,13 @@ class NaNLossAt(nn.Module):
         return losses
 
 
-@pytest.fixture
-def one_thread():
-    # Steps of a 4-image batch are too small to split: on a busy 2-core machine two threads wait
-    # on each other for longer than the step takes.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _train_with_nan_at(tiny_config, iteration: int, max_iter: int) -> Path:
     cfg = tiny_config("jigsaw", "dataloader.train.dataset.names=digits_train",
                       "dataloader.train.total_batch_size=4", f"train.max_iter={max_iter}",
                       "train.checkpointer.period=2")
     cfg.model = L(NaNLossAt)(model=cfg.model, iteration=iteration)
-    with pytest.raises(FloatingPointError, match=rf"(?s)iteration={iteration}\b.*'loss_jigsaw': (np\.float64\()?nan"):
+    message = rf"(?s)iteration={iteration}\b.*'loss_jigsaw': (np\.float64\()?nan"
+    with pytest.raises(FloatingPointError, match=message):
         do_train(cfg, resume=False)
     return Path(cfg.train.output_dir)
 
@@ -59,12 +53,14 @@ def _assert_last_good(out: Path, expected_files: list[str], last: str, last_iter
     assert all(torch.isfinite(v).all() for v in good["model"].values() if v.is_floating_point())
 
 
-def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_config, one_thread):
+@pytest.mark.usefixtures("one_thread")
+def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_config):
     out = _train_with_nan_at(tiny_config, iteration=4, max_iter=8)
     _assert_last_good(out, ["model_0000001.pth", "model_0000003.pth"], "model_0000003.pth", 3)
 
 
-def test_non_finite_loss_at_the_last_iteration_writes_no_final_checkpoint(tiny_config, one_thread, monkeypatch):
+@pytest.mark.usefixtures("one_thread")
+def test_nan_at_the_last_iteration_writes_no_final_checkpoint(tiny_config, monkeypatch):
     # Some detectron2 versions save model_final in PeriodicCheckpointer.after_train whenever
     # iter + 1 >= max_iter, also after an exception: give the base class that behaviour here.
     def after_train(self):
@@ -83,7 +79,8 @@ def test_checkpointer_refuses_to_save_non_finite_weights(tmp_path):
     with torch.no_grad():
         model[1].running_var[3] = float("inf")  # BatchNorm statistics count too
         model[0].weight[0, 0] = float("nan")
-    with pytest.raises(FloatingPointError, match=r"model_0000002\.pth.*0\.weight, 1\.running_var.*model_0000001"):
+    message = r"model_0000002\.pth.*0\.weight, 1\.running_var.*model_0000001"
+    with pytest.raises(FloatingPointError, match=message):
         checkpointer.save("model_0000002")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last_checkpoint", "model_0000001.pth"]
     assert (tmp_path / "last_checkpoint").read_text() == "model_0000001.pth"

@@ -69,7 +69,7 @@ class PIRLMapper:
             # Cut the uint8 crop, as VISSL does: each tile is then augmented on its own, like a photo.
             tiles = cut_tiles(patch_crop, self.grid, self.tile_size)
             tile_order = torch.randperm(self.num_tiles)
-            views += [Image.fromarray(tile.permute(1, 2, 0).numpy()) for tile in tiles[tile_order.argsort()]]
+            views += [Image.fromarray(tile.permute(1, 2, 0).numpy()) for tile in tiles[tile_order]]
             if self.augmentation is not None:
                 views = [self.augmentation(view) for view in views]
         tensors = [to_normalized_tensor(view, self.pixel_mean, self.pixel_std) for view in views]
