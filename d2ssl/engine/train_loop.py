@@ -128,7 +128,8 @@ def do_train(cfg: DictConfig, resume: bool = False) -> dict[str, float]:
     fill_num_train_samples(cfg.model, len(dataset))
     check_num_train_samples(cfg.model, len(dataset))
     if cfg.train.get("epochs") is not None:
-        cfg.train.max_iter = math.ceil(cfg.train.epochs * len(dataset) / cfg.dataloader.train.total_batch_size)
+        batch = cfg.dataloader.train.total_batch_size
+        cfg.train.max_iter = math.ceil(cfg.train.epochs * len(dataset) / batch)
 
     model = instantiate(cfg.model)
     logger.info("Model:\n%s", model)

@@ -19,7 +19,8 @@ def test_image_id_and_label_are_carried(fashion_mnist_small):
 def test_transforms_run_in_order_then_normalisation(fashion_mnist_small):
     d = fashion_mnist_small[0]
     out = ImageMapper([T.Resize(40), T.CenterCrop(20)])(dict(d), torch.Generator())
-    expected = to_normalized_tensor(T.CenterCrop(20)(T.Resize(40)(Image.fromarray(d["image"]).convert("RGB"))))
+    photo = Image.fromarray(d["image"]).convert("RGB")
+    expected = to_normalized_tensor(T.CenterCrop(20)(T.Resize(40)(photo)))
     assert torch.equal(out["image"], expected)
 
 

@@ -19,7 +19,9 @@ def make_loss(**overrides) -> NCELossWithMemory:
     return NCELossWithMemory(**kwargs)
 
 
-def reference_losses(memory, steps, *, loss_type, temperature, weights, momentum, update_on_forward, update_index):
+def reference_losses(
+    memory, steps, *, loss_type, temperature, weights, momentum, update_on_forward, update_index
+):
     """NCE / InfoNCE with a memory bank written out sample by sample in float64, after VISSL's
     NCELossWithMemory + NCEAverage + NCECriterion. ``steps``: list of (embeddings, indices, negatives)."""
     memory = memory.clone().double()
@@ -137,7 +139,8 @@ def test_negatives_exclude_the_positive_and_cover_every_other_row():
 
 
 def test_vissl_sampling_can_draw_the_positive():
-    loss = make_loss(num_train_samples=6, negative_sampling_params={"num_negatives": 6, "exclude_positive": False})
+    vissl_draw = {"num_negatives": 6, "exclude_positive": False}
+    loss = make_loss(num_train_samples=6, negative_sampling_params=vissl_draw)
     indices = torch.zeros(500, dtype=torch.long)
     negatives = loss.sample_negatives(indices, torch.Generator().manual_seed(0))
     assert (negatives == 0).any() and negatives.max() == 5
@@ -186,11 +189,11 @@ def test_low_temperature_nce_stays_finite():
     "overrides, message",
     [
         (dict(num_train_samples=-1), "num_train_samples=-1"),
-        (dict(memory_params={"embedding_dim": D, "memory_size": N - 1}), "smaller than the number of training"),
-        (dict(negative_sampling_params={"num_negatives": N}), r"num_negatives=50 must be between 1 and .*\(49"),
+        (dict(memory_params={"embedding_dim": D, "memory_size": N - 1}), "smaller than the number of"),
+        (dict(negative_sampling_params={"num_negatives": N}), r"num_negatives=50 must be .*\(49"),
         (dict(negative_sampling_params={"num_negatives": N + 1, "exclude_positive": False}), r"\(50"),
         (dict(negative_sampling_params={"num_negatives": K, "type": "hard"}), "must be 'random'"),
-        (dict(negative_sampling_params={"num_negative": K}), r"unknown negative_sampling_params keys \['num_negative'\]"),
+        (dict(negative_sampling_params={"num_negative": K}), r"unknown negative_sampling_params"),
         (dict(loss_type="infonce"), "loss_type must be one of"),
         (dict(memory_params={"embedding_dim": D, "update_mem_on_forward": False}), "would never be updated"),
         (dict(memory_params={"embedding_dim": D, "momentum": 1.5}), "momentum must be in"),

@@ -17,7 +17,8 @@ def make_loss(init_seed: int = 0) -> NCELossWithMemory:
         loss_weights=[0.5, 0.5],
         update_mem_with_emb_index=1,
         negative_sampling_params={"num_negatives": K},
-        memory_params={"embedding_dim": D, "momentum": 0.3, "update_mem_on_forward": False, "init_seed": init_seed},
+        memory_params={"embedding_dim": D, "momentum": 0.3, "update_mem_on_forward": False,
+                       "init_seed": init_seed},
     )
 
 
@@ -55,9 +56,8 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
 
 def test_memory_bank_identical_across_ranks(tmp_path):
     # fork: the children start at once instead of importing torch and detectron2 again (seconds each).
-    mp.start_processes(
-        _worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD_SIZE, join=True, start_method="fork"
-    )
+    args = (str(tmp_path / "init"), str(tmp_path))
+    mp.start_processes(_worker, args=args, nprocs=WORLD_SIZE, join=True, start_method="fork")
     results = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD_SIZE)]
 
     assert torch.equal(results[0]["memory"], results[1]["memory"])
