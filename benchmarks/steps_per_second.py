@@ -52,12 +52,15 @@ def steps_per_second(name: str, iters: int, warmup: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("methods", nargs="*", default=["jigsaw", "rotnet", "npid", "pirl", "jigclu"])
     parser.add_argument("--iters", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
     args = parser.parse_args()
-    results = [steps_per_second(m, args.iters, args.warmup) for m in args.methods if (CONFIGS / f"{m}.py").exists()]
+    methods = [m for m in args.methods if (CONFIGS / f"{m}.py").exists()]
+    results = [steps_per_second(m, args.iters, args.warmup) for m in methods]
     machine = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                "torch": torch.__version__, "threads": torch.get_num_threads()}
     print(json.dumps({"machine": machine, "results": results}, indent=2))

@@ -46,6 +46,7 @@ def test_our_tools_package_is_not_shadowed_by_detectron2_wheel():
 
 
 def test_module_check_runs_as_a_command():
-    result = subprocess.run([sys.executable, "-W", "ignore", "-m", "d2ssl.utils.env"], capture_output=True, text=True)
+    cmd = [sys.executable, "-W", "ignore", "-m", "d2ssl.utils.env"]
+    result = subprocess.run(cmd, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "all d2ssl needs is present" in result.stdout

@@ -52,7 +52,8 @@ def load_image_folder(root: str, extensions: Sequence[str] = IMAGE_EXTENSIONS) -
             entries.append((os.path.join(root, name), None))
     for label, cls in enumerate(classes):
         for dirpath, _, files in _walk(os.path.join(root, cls)):
-            entries.extend((os.path.join(dirpath, f), label) for f in sorted(files) if f.lower().endswith(exts))
+            images = [os.path.join(dirpath, f) for f in sorted(files) if f.lower().endswith(exts)]
+            entries.extend((path, label) for path in images)
     if not entries:
         raise DatasetError(f"image folder {root!r} contains no images with extensions {list(exts)}")
     dicts = []
@@ -131,7 +132,9 @@ def load_fashion_mnist(root: str, split: str) -> list[dict]:
     labels = _read_idx(labels_path, 8)
     images = _read_idx(images_path, 16)
     if images.size != len(labels) * 28 * 28:
-        raise DatasetError(f"{images_path!r} holds {images.size} bytes of pixels, expected {len(labels)}x28x28")
+        raise DatasetError(
+            f"{images_path!r} holds {images.size} bytes of pixels, expected {len(labels)}x28x28"
+        )
     images = images.reshape(len(labels), 28, 28)
     return [{"image": images[i], "image_id": i, "label": int(labels[i])} for i in range(len(labels))]
 

@@ -96,7 +96,8 @@ def _init_like_torchvision(trunk: nn.Module, zero_init_residual: bool) -> None:
             nn.init.zeros_(m.bias)
     if zero_init_residual:
         for m in trunk.modules():
-            last_conv = m.conv3 if isinstance(m, BottleneckBlock) else m.conv2 if isinstance(m, BasicBlock) else None
+            last_conv = {BottleneckBlock: "conv3", BasicBlock: "conv2"}.get(type(m))
+            last_conv = getattr(m, last_conv) if last_conv else None
             if last_conv is not None and isinstance(last_conv.norm, nn.BatchNorm2d):
                 nn.init.zeros_(last_conv.norm.weight)
 

@@ -71,7 +71,8 @@ def main() -> None:
     version = check_detectron2()
     import detectron2
 
-    print(f"detectron2 {version} ({detectron2.__file__}), torch {torch.__version__}: all d2ssl needs is present")
+    print(f"detectron2 {version} ({detectron2.__file__}), torch {torch.__version__}: "
+          "all d2ssl needs is present")
 
 
 if __name__ == "__main__":

@@ -98,16 +98,6 @@ def test_kill_during_save_leaves_last_checkpoint_complete(tmp_path, kill_point, 
         assert torch.equal(value, expected[key]), key
 
 
-@pytest.fixture
-def one_thread():
-    # Steps of a 4-image batch are too small to split: on a busy 2-core machine two threads wait
-    # on each other for longer than the step takes (3x slower, measured).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _train(tiny_config, *overrides: str) -> Path:
     from d2ssl.engine.train_loop import do_train
 
@@ -117,7 +107,7 @@ def _train(tiny_config, *overrides: str) -> Path:
     return Path(cfg.train.output_dir)
 
 
-def test_keeps_the_last_k_checkpoints_across_a_resume(tiny_config, one_thread):
+def test_keeps_the_last_k_checkpoints_across_a_resume(tiny_config):
     out = _train(tiny_config, "train.max_iter=6", "train.checkpointer.period=1",
                  "train.checkpointer.max_to_keep=2")
     assert sorted(p.name for p in out.glob("*.pth")) == ["model_0000004.pth", "model_0000005.pth", FINAL]
@@ -128,7 +118,7 @@ def test_keeps_the_last_k_checkpoints_across_a_resume(tiny_config, one_thread):
     assert not list(out.glob("*.tmp"))
 
 
-def test_resume_into_another_architecture_is_an_error(tiny_config, one_thread):
+def test_resume_into_another_architecture_is_an_error(tiny_config):
     out = _train(tiny_config, "train.max_iter=2", "train.checkpointer.period=1")
     # The same run with a wider head: detectron2 alone would skip the head and train on silently.
     with pytest.raises(CheckpointLoadError, match=r"model_final\.pth.*shapes differ for head\.per_tile"):

@@ -22,16 +22,6 @@ REPO = Path(__file__).resolve().parents[2]
 TINY_DETECTION = REPO / "configs" / "detection" / "tiny"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Convolutions this small gain nothing from a second thread, and on a loaded 2-core machine the
-    # threads' barriers make each step several times slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_detection_config(fmt: str, tmp_path: Path, *overrides: str):
     """The tiny detection config with its data sets (8 training, 4 test images, registered under names
     of their own) and outputs under tmp_path."""

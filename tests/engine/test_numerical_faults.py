@@ -10,9 +10,6 @@ import torch
 from detectron2.config import LazyCall as L
 from detectron2.engine import hooks as d2_hooks
 from detectron2.utils.events import get_event_storage
-
-# The checkpointer tests' fixture (pytest puts tests/engine on sys.path); it belongs in conftest.py.
-from test_checkpointer import one_thread  # noqa: F401
 from torch import nn
 
 from d2ssl.engine.checkpointer import AtomicCheckpointer
@@ -53,13 +50,11 @@ def _assert_last_good(out: Path, expected_files: list[str], last: str, last_iter
     assert all(torch.isfinite(v).all() for v in good["model"].values() if v.is_floating_point())
 
 
-@pytest.mark.usefixtures("one_thread")
 def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_config):
     out = _train_with_nan_at(tiny_config, iteration=4, max_iter=8)
     _assert_last_good(out, ["model_0000001.pth", "model_0000003.pth"], "model_0000003.pth", 3)
 
 
-@pytest.mark.usefixtures("one_thread")
 def test_nan_at_the_last_iteration_writes_no_final_checkpoint(tiny_config, monkeypatch):
     # Some detectron2 versions save model_final in PeriodicCheckpointer.after_train whenever
     # iter + 1 >= max_iter, also after an exception: give the base class that behaviour here.
