@@ -11,22 +11,8 @@
 Multi-machine: --num-machines N --machine-rank R --dist-url tcp://HOST:PORT (detectron2's flags).
 """
 
-from detectron2.engine import default_argument_parser, launch
-
 from d2ssl.engine.detection import main
-
-
-def cli() -> None:
-    args = default_argument_parser().parse_args()
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
-
+from d2ssl.engine.launch import launch_from_command_line
 
 if __name__ == "__main__":
-    cli()
+    launch_from_command_line(main)

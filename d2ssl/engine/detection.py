@@ -24,15 +24,13 @@ import os
 import pickle
 from collections.abc import Sequence
 
-import torch
 from detectron2.config import instantiate
-from detectron2.engine import AMPTrainer, SimpleTrainer, default_setup, default_writers, hooks
+from detectron2.engine import AMPTrainer, SimpleTrainer, default_writers, hooks
 from detectron2.engine.defaults import create_ddp_model
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.layers import get_norm
 from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
-from detectron2.utils.logger import setup_logger
 from omegaconf import DictConfig
 from torch import nn
 
@@ -41,7 +39,7 @@ from d2ssl.checkpoint.layouts import find_trunk
 from d2ssl.checkpoint.load import read_state_dict
 from d2ssl.engine.checkpointer import AtomicCheckpointer
 from d2ssl.engine.hooks import PeriodicCheckpointer
-from d2ssl.engine.train_loop import scale_to_world_size, setup_config
+from d2ssl.engine.train_loop import scale_to_world_size, setup_from_args
 
 logger = logging.getLogger("d2ssl")
 
@@ -145,11 +143,7 @@ def train_detector(cfg: DictConfig, resume: bool = False) -> dict[str, float]:
 
 def main(args) -> dict:
     """Entry point of ``tools/train_detection.py`` in each launched process."""
-    cfg = setup_config(args.config_file, args.opts)
-    default_setup(cfg, args)
-    # default_setup configures detectron2's and fvcore's loggers; d2ssl's (conversions, tables) too.
-    setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="d2ssl")
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    cfg = setup_from_args(args)
     if not args.eval_only:
         return train_detector(cfg, resume=args.resume)
     model = instantiate(cfg.model).to(cfg.train.device)

@@ -14,11 +14,11 @@ import logging
 import math
 from typing import Any
 
-import torch
 from detectron2.config import LazyConfig, instantiate
 from detectron2.engine import AMPTrainer, SimpleTrainer, default_setup, default_writers, hooks
 from detectron2.engine.defaults import create_ddp_model
 from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 from detectron2.utils.registry import locate
 from omegaconf import DictConfig, ListConfig
 
@@ -164,9 +164,15 @@ def do_train(cfg: DictConfig, resume: bool = False) -> dict[str, float]:
     return {k: v[0] for k, v in trainer.storage.latest().items()}
 
 
-def main(args) -> dict[str, float]:
-    """Entry point of ``tools/train_net.py`` in each launched process."""
+def setup_from_args(args) -> DictConfig:
+    """Config of a launched process: loaded, overridden and checked, then detectron2's
+    ``default_setup`` (output dir, config.yaml, seeding, loggers) plus d2ssl's own logger."""
     cfg = setup_config(args.config_file, args.opts)
     default_setup(cfg, args)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    return do_train(cfg, resume=args.resume)
+    setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="d2ssl")
+    return cfg
+
+
+def main(args) -> dict[str, float]:
+    """Entry point of ``tools/train_net.py`` in each launched process."""
+    return do_train(setup_from_args(args), resume=args.resume)
