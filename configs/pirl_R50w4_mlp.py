@@ -1,13 +1,7 @@
 # PIRL with VISSL's ResNet-50-w4 and MLP heads (configs/config/pretrain/pirl/models/resnet50_w4_mlphead.yaml):
-# [8192, 8192, 128] heads, InfoNCE at T 0.1, mixed precision, 400 epochs. VISSL's image head there lacks
-# the ReLU (its "use_relu" sits outside the head's kwargs and is ignored); here it has one, as in R50.
+# [8192, 8192, 128] heads, InfoNCE at T 0.1, mixed precision, 400 epochs (see pirl_R50w2_mlp.py).
 from .common.models import use_resnet
-from .common.schedules import cosine_per_epoch
-from .pirl_R50 import dataloader, model, optimizer, train, use_mlp_heads  # noqa: F401  (LazyConfig exports every section)
+from .pirl_R50w2_mlp import dataloader, lr_multiplier, model, optimizer, train  # noqa: F401  (LazyConfig exports every section)
 
-use_mlp_heads(model)
 use_resnet(model, width_multiplier=4, heads=[model.image_head, model.patch_head.per_tile])
-train.amp.enabled = True
-train.epochs = 400
-lr_multiplier = cosine_per_epoch(num_epochs=400, end_value=0.001)
 train.output_dir = "output/pirl_R50w4_mlp"

@@ -356,9 +356,9 @@ class NCELossWithMemory(nn.Module):
         # Identical banks are what keeps the gathered updates consistent; a bank loaded on one rank
         # only, or different init seeds, would silently train against different negatives.
         if _distributed_world_size() > 1:
-            bank = self.memory.double()
-            weights = torch.arange(1, bank.shape[0] + 1, device=bank.device, dtype=bank.dtype)
-            fingerprint = torch.stack([bank.sum(), (bank.sum(dim=1) * weights).sum(), self.norm_constant])
+            row_sums = self.memory.sum(dim=1, dtype=torch.float64)  # no float64 copy of the whole bank
+            weights = torch.arange(1, row_sums.numel() + 1, device=row_sums.device, dtype=torch.float64)
+            fingerprint = torch.stack([row_sums.sum(), (row_sums * weights).sum(), self.norm_constant])
             gathered = [torch.empty_like(fingerprint) for _ in range(_distributed_world_size())]
             dist.all_gather(gathered, fingerprint)
             if any(not torch.equal(g, gathered[0]) for g in gathered):
