@@ -17,7 +17,6 @@ import gzip
 import logging
 import os
 from collections.abc import Sequence
-from functools import lru_cache
 
 import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
@@ -178,9 +177,15 @@ def _register_builtin() -> None:
             MetadataCatalog.get(name).set(thing_classes=[str(i) for i in range(10)])
 
 
-def get_dataset_dicts(names: str | Sequence[str]) -> list[dict]:
+def get_dataset_dicts(names: str | Sequence[str], limit: int | None = None) -> list[dict]:
     """Concatenates registered data sets; ``image_id`` is renumbered to the position in the result,
-    since NPID/PIRL index their memory bank with it."""
+    since NPID/PIRL index their memory bank with it.
+
+    ``limit`` keeps the first ``limit`` images (VISSL's ``DATA_LIMIT``), e.g. for a short CPU run
+    in which a memory bank must see each image several times.
+    """
+    if limit is not None and limit <= 0:
+        raise DatasetError(f"limit must be a positive number of images or None, got {limit}")
     if isinstance(names, str):
         names = [names]
     dicts = []
@@ -193,13 +198,7 @@ def get_dataset_dicts(names: str | Sequence[str]) -> list[dict]:
         if not part:
             raise DatasetError(f"data set {name!r} is empty")
         dicts.extend(part)
-    return [dict(d, image_id=i) for i, d in enumerate(dicts)]
-
-
-@lru_cache(maxsize=16)
-def dataset_size(names: str | tuple[str, ...]) -> int:
-    """Number of images of registered data sets (configs use it to size memory banks)."""
-    return len(get_dataset_dicts(list(names) if isinstance(names, tuple) else names))
+    return [dict(d, image_id=i) for i, d in enumerate(dicts[:limit])]
 
 
 _register_builtin()

@@ -54,6 +54,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn import functional as F
 
+from d2ssl.utils.events import log_metrics
+
 LOSS_TYPES = ("nce", "cross_entropy")
 NEGATIVE_SAMPLING_DEFAULTS = {"num_negatives": 16000, "type": "random", "exclude_positive": True}
 MEMORY_DEFAULTS = {
@@ -287,13 +289,18 @@ class NCELossWithMemory(nn.Module):
         embeddings: torch.Tensor | Sequence[torch.Tensor],
         indices: torch.Tensor,
         negatives: Sequence[torch.Tensor] | None = None,
+        names: Sequence[str] | None = None,
     ) -> list[torch.Tensor]:
         """``loss_weights[l] * loss_l`` for each ``(B, D)`` embedding, updating the bank as configured.
+
+        Logs ``nce_top1[_<name>]``: how often the positive scores above all K negatives (chance
+        ``1 / (K + 1)``), the instance-discrimination accuracy a run can be watched by.
 
         Args:
             embeddings: one ``(B, D)`` tensor or a list of them (PIRL: ``[patches, images]``).
             indices: ``(B,)`` int64 bank rows (the images' data set indices).
             negatives: optional ``(B, K)`` negative indices per embedding (tests); drawn otherwise.
+            names: a name per embedding for the logged accuracy (PIRL: ``["patches", "image"]``).
         """
         if isinstance(embeddings, torch.Tensor):
             embeddings = [embeddings]
@@ -309,6 +316,8 @@ class NCELossWithMemory(nn.Module):
                     v = F.normalize(v, dim=1)
                 neg = negatives[l_idx] if negatives is not None else self.sample_negatives(indices)
                 logits = self.logits(v, indices, neg)
+                suffix = f"_{names[l_idx]}" if names else ""
+                log_metrics(**{f"nce_top1{suffix}": (logits.detach().argmax(dim=1) == 0).float().mean()})
                 if self.loss_type == "nce":
                     if self.norm_constant.item() < 0:
                         self.estimate_norm_constant(logits)

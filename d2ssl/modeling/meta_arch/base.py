@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from detectron2.utils.events import get_event_storage
 from torch import nn
 
 from d2ssl.modeling.backbone import trunk_output_channels
+from d2ssl.utils.events import log_metrics
 
 
 class SSLMetaArch(nn.Module):
@@ -52,14 +52,7 @@ class SSLMetaArch(nn.Module):
     def losses(self, batched_inputs: Sequence[dict]) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
-    @staticmethod
-    def log_metrics(**metrics: float | torch.Tensor) -> None:
-        """Puts scalars into the current ``EventStorage`` (no-op outside a trainer)."""
-        try:
-            storage = get_event_storage()
-        except AssertionError:
-            return
-        storage.put_scalars(**{k: float(v) for k, v in metrics.items()})
+    log_metrics = staticmethod(log_metrics)
 
 
 def accuracy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -59,6 +59,8 @@ class PIRL(SSLMetaArch):
             )
         patch_embedding = self.patch_head(self.pooled_features(tiles.flatten(0, 1)))
         image_embedding = self.image_head(self.pooled_features(images))
-        patch_term, image_term = self.loss.weighted_terms([patch_embedding, image_embedding], indices)
+        patch_term, image_term = self.loss.weighted_terms(
+            [patch_embedding, image_embedding], indices, names=["patches", "image"]
+        )
         log_norm_constant(self.loss)
         return {"loss_nce_patches": patch_term, "loss_nce_image": image_term}
