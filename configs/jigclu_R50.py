@@ -13,7 +13,7 @@ from d2ssl.data.transforms import color_augmentation
 from d2ssl.modeling import mlp_head
 from d2ssl.modeling.meta_arch import JigsawClustering
 
-from .common.models import R50, R50_FEATURE_DIM
+from .common.models import R50_FEATURE_DIM, r50_trunk
 from .common.optim import SGD as optimizer
 from .common.schedules import cosine_per_epoch
 from .common.train import train
@@ -42,7 +42,7 @@ dataloader = dict(
 )
 
 model = L(JigsawClustering)(
-    trunk=R50,
+    trunk=r50_trunk(),
     # encoder.fc_clu = Linear(2048, 2048), ReLU, Linear(2048, 128); the MLP is always on in JigClu.
     # dims=[2048, 128] gives a linear projection instead (configs/jigclu_R50_linearhead.py).
     cluster_head=L(mlp_head)(dims=[R50_FEATURE_DIM, R50_FEATURE_DIM, PROJECTION_DIM]),
@@ -55,7 +55,6 @@ model = L(JigsawClustering)(
 )
 # apex.convert_syncbn_model in the reference: BN statistics over the montages of all GPUs.
 model.trunk.norm = "SyncBN"
-del R50  # a building block, not a config section (LazyConfig keeps every top-level dict)
 
 optimizer.lr = 0.03
 # torch.optim.SGD(model.parameters(), weight_decay=1e-4): unlike VISSL, BatchNorm is decayed too.

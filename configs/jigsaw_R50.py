@@ -11,7 +11,7 @@ from d2ssl.data.transforms import load_or_create_permutations
 from d2ssl.modeling import TileConcatHead, mlp_head
 from d2ssl.modeling.meta_arch import Jigsaw
 
-from .common.models import R50, R50_FEATURE_DIM
+from .common.models import R50_FEATURE_DIM, r50_trunk
 from .common.optim import SGD as optimizer
 from .common.schedules import multistep
 from .common.train import train
@@ -40,7 +40,7 @@ dataloader = dict(
 
 # Per-tile Linear(2048, 1000) + BN + ReLU, 9 tiles concatenated to 9000, Linear(9000, 2000).
 model = L(Jigsaw)(
-    trunk=R50,
+    trunk=r50_trunk(),
     head=L(TileConcatHead)(
         per_tile=L(mlp_head)(dims=[R50_FEATURE_DIM, 1000], use_bn=True, last_layer_bn_relu=True),
         on_concat=L(mlp_head)(dims=[1000 * GRID * GRID, NUM_PERMUTATIONS]),

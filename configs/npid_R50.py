@@ -21,7 +21,7 @@ from d2ssl.losses import NCELossWithMemory
 from d2ssl.modeling import mlp_head
 from d2ssl.modeling.meta_arch import NPID
 
-from .common.models import R50, R50_FEATURE_DIM
+from .common.models import R50_FEATURE_DIM, r50_trunk
 from .common.optim import SGD as optimizer
 from .common.schedules import multistep
 from .common.train import train
@@ -47,7 +47,7 @@ dataloader = dict(
 )
 
 model = L(NPID)(
-    trunk=R50,
+    trunk=r50_trunk(),
     # VISSL's ["mlp", {"dims": [2048, 128]}]: a single Linear.
     head=L(mlp_head)(dims=[R50_FEATURE_DIM, EMBEDDING_DIM]),
     loss=L(NCELossWithMemory)(
@@ -70,7 +70,6 @@ model = L(NPID)(
         ),
     ),
 )
-del R50  # a building block, not a config section (LazyConfig keeps every top-level dict)
 
 # SGD momentum 0.9, wd 1e-4 except on BatchNorm (VISSL: regularize_bn False, regularize_bias True).
 optimizer.lr = 0.03

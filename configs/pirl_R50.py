@@ -24,7 +24,7 @@ from d2ssl.losses import NCELossWithMemory
 from d2ssl.modeling import TileConcatHead, mlp_head
 from d2ssl.modeling.meta_arch import PIRL
 
-from .common.models import R50, R50_FEATURE_DIM
+from .common.models import R50_FEATURE_DIM, r50_trunk
 from .common.optim import SGD as optimizer
 from .common.schedules import cosine_per_epoch
 from .common.train import train
@@ -52,7 +52,7 @@ dataloader = dict(
 )
 
 model = L(PIRL)(
-    trunk=R50,
+    trunk=r50_trunk(),
     image_head=L(mlp_head)(dims=[R50_FEATURE_DIM, EMBEDDING_DIM]),
     patch_head=L(TileConcatHead)(
         per_tile=L(mlp_head)(dims=[R50_FEATURE_DIM, EMBEDDING_DIM], use_relu=False),
@@ -79,7 +79,6 @@ model = L(PIRL)(
         ),
     ),
 )
-del R50  # a building block, not a config section (LazyConfig keeps every top-level dict)
 
 optimizer.lr = 0.12
 optimizer.params.weight_decay_bias = 0.0  # VISSL: regularize_bias False (and regularize_bn False)

@@ -16,7 +16,7 @@ from d2ssl.data.transforms import color_augmentation
 from d2ssl.modeling import mlp_head
 from d2ssl.modeling.meta_arch import RotNet
 
-from .common.models import R50, R50_FEATURE_DIM
+from .common.models import R50_FEATURE_DIM, r50_trunk
 from .common.optim import SGD as optimizer
 from .common.schedules import multistep
 from .common.train import train
@@ -45,8 +45,7 @@ dataloader = dict(
 
 # VISSL: HEAD.PARAMS [["mlp", {"dims": [2048, 4]}]], a single Linear; [2048, 2048, 4] is the MLP
 # variant (configs/rotnet_R50_mlphead.py).
-model = L(RotNet)(trunk=R50, head=L(mlp_head)(dims=[R50_FEATURE_DIM, NUM_ROTATIONS]))
-del R50  # a building block, not a config section (LazyConfig keeps every top-level dict)
+model = L(RotNet)(trunk=r50_trunk(), head=L(mlp_head)(dims=[R50_FEATURE_DIM, NUM_ROTATIONS]))
 
 # SGD momentum 0.9, wd 1e-4 except on BatchNorm (VISSL: regularize_bn False, regularize_bias True).
 optimizer.lr = 0.1

@@ -27,3 +27,10 @@ train = dict(
     # linear scaling rule adapts them (d2ssl.engine.train_loop.scale_to_world_size). 0 = never scale.
     reference_world_size=8,
 )
+
+
+def on_cpu_for_minutes(train, output_dir: str, max_iter: int = 200) -> None:
+    """Turns ``train`` into the short single-process CPU run every configs/tiny/ file makes."""
+    train.update(epochs=None, max_iter=max_iter, device="cpu", reference_world_size=0, log_period=20,
+                 output_dir=output_dir)
+    train.checkpointer.period = 100

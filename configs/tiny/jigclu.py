@@ -5,8 +5,9 @@ from detectron2.config import LazyCall as L
 
 from d2ssl.data.datasets import get_dataset_dicts
 
-from ..common.models import TINY, TINY_FEATURE_DIM
+from ..common.models import TINY_FEATURE_DIM, tiny_trunk
 from ..common.schedules import cosine_per_epoch
+from ..common.train import on_cpu_for_minutes
 from ..jigclu_R50 import NUM_POSITIONS, dataloader, model, optimizer, train  # noqa: F401
 
 dataloader.train.dataset = L(get_dataset_dicts)(names="fashion_mnist_train")
@@ -14,17 +15,10 @@ dataloader.train.mapper.update(patch_size=32, crop_scale=(0.5, 1.0))  # 20% of a
 dataloader.train.total_batch_size = 16
 dataloader.train.num_workers = 0
 
-model.trunk = TINY
-del TINY  # a building block, not a config section (LazyConfig keeps every top-level dict)
+model.trunk = tiny_trunk()
 model.cluster_head.dims = [TINY_FEATURE_DIM, TINY_FEATURE_DIM, 32]
 model.location_head.dims = [TINY_FEATURE_DIM, NUM_POSITIONS]
 
-train.epochs = None
-train.max_iter = 200
-train.device = "cpu"
-train.reference_world_size = 0
-train.checkpointer.period = 100
-train.log_period = 20
-train.output_dir = "output/tiny_jigclu"
+on_cpu_for_minutes(train, output_dir="output/tiny_jigclu")
 # max_iter is short of an epoch: spread 10 cosine steps over the run instead of 200.
 lr_multiplier = cosine_per_epoch(10)

@@ -4,8 +4,10 @@ from detectron2.config import LazyCall as L
 
 from d2ssl.data.datasets import get_dataset_dicts
 
-from ..common.models import TINY, TINY_FEATURE_DIM
-from ..jigsaw_R50 import dataloader, lr_multiplier, model, optimizer, train
+from ..common.models import TINY_FEATURE_DIM, tiny_trunk
+from ..common.schedules import multistep
+from ..common.train import on_cpu_for_minutes
+from ..jigsaw_R50 import dataloader, model, optimizer, train
 
 GRID = 2
 NUM_PERMUTATIONS = 24
@@ -16,19 +18,11 @@ dataloader.train.mapper.update(grid=GRID, resize_size=64, crop_size=64, tile_siz
 dataloader.train.total_batch_size = 32
 dataloader.train.num_workers = 0
 
-model.trunk = TINY
+model.trunk = tiny_trunk()
 model.head.per_tile.dims = [TINY_FEATURE_DIM, 64]
 model.head.on_concat.dims = [64 * GRID * GRID, NUM_PERMUTATIONS]
 model.head.num_tiles = GRID * GRID
 
 optimizer.lr = 0.05
-train.epochs = None
-train.max_iter = 200
-train.device = "cpu"
-train.reference_world_size = 0
-train.checkpointer.period = 100
-train.log_period = 20
-train.output_dir = "output/tiny_jigsaw"
-lr_multiplier.milestones = [80]
-lr_multiplier.num_updates = 100
-lr_multiplier.values = [1.0, 0.1]
+on_cpu_for_minutes(train, output_dir="output/tiny_jigsaw")
+lr_multiplier = multistep(milestones=[80], num_epochs=100)  # x0.1 for the last fifth

@@ -6,7 +6,8 @@ from detectron2.config import LazyCall as L
 
 from d2ssl.data.datasets import get_dataset_dicts
 
-from ..common.models import TINY, TINY_FEATURE_DIM
+from ..common.models import TINY_FEATURE_DIM, tiny_trunk
+from ..common.train import on_cpu_for_minutes
 from ..pirl_R50 import EMBEDDING_DIM, dataloader, lr_multiplier, model, optimizer, train  # noqa: F401  (LazyConfig exports every section)
 
 dataloader.train.dataset = L(get_dataset_dicts)(names="fashion_mnist_train")
@@ -16,18 +17,11 @@ dataloader.train.mapper.update(
 dataloader.train.total_batch_size = 32
 dataloader.train.num_workers = 0
 
-model.trunk = TINY
-del TINY  # a building block, not a config section (LazyConfig keeps every top-level dict)
+model.trunk = tiny_trunk()
 model.image_head.dims = [TINY_FEATURE_DIM, EMBEDDING_DIM]
 model.patch_head.per_tile.dims = [TINY_FEATURE_DIM, EMBEDDING_DIM]
 model.loss.loss_type = "cross_entropy"
 model.loss.negative_sampling_params.num_negatives = 4096
 
 optimizer.lr = 0.03
-train.epochs = None
-train.max_iter = 200
-train.device = "cpu"
-train.reference_world_size = 0
-train.checkpointer.period = 100
-train.log_period = 20
-train.output_dir = "output/tiny_pirl"
+on_cpu_for_minutes(train, output_dir="output/tiny_pirl")

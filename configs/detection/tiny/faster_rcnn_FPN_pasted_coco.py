@@ -11,14 +11,13 @@ from detectron2.config import LazyCall as L
 
 from d2ssl.data.synthetic_detection import pasted_detection_set
 
-from ...common.models import TINY
+from ...common.models import tiny_trunk
 from ..faster_rcnn_R50_FPN_coco import dataloader, lr_multiplier, model, optimizer, train
 
 NUM_CLASSES = 3
 FPN_CHANNELS = 64
 
-model.backbone.bottom_up = TINY
-del TINY  # a building block, not a config section (LazyConfig keeps every top-level dict)
+model.backbone.bottom_up = tiny_trunk()
 model.backbone.bottom_up.update(norm="SyncBN", out_features=["res2", "res3", "res4", "res5"])
 model.backbone.out_channels = FPN_CHANNELS
 model.proposal_generator.head.in_channels = FPN_CHANNELS
