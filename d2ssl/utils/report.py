@@ -12,8 +12,9 @@ from d2ssl.utils.metrics import metric_trajectory, read_metrics
 PRETEXT_METRICS: dict[str, tuple[str, float | None]] = {
     "jigsaw": ("jigsaw_accuracy", 1 / 24),
     "rotnet": ("rotnet_accuracy", 1 / 4),
-    "pirl": ("nce_positive_rank_accuracy", None),
-    "npid": ("nce_positive_rank_accuracy", None),
+    # Positive scored above all K negatives; chance 1 / (K + 1) depends on the run's K.
+    "pirl": ("nce_top1_image", None),
+    "npid": ("nce_top1", None),
     "jigclu": ("jigclu_location_accuracy", 1 / 4),
 }
 

@@ -1,8 +1,14 @@
+from pathlib import Path
+
+import pytest
 import torch
 from detectron2.config import instantiate
 
 from d2ssl.data.build import SeededMapDataset
+from d2ssl.engine.train_loop import setup_config
 from d2ssl.modeling.meta_arch import Jigsaw
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_loss_decreases_on_real_images(tiny_config, fashion_mnist_small):
@@ -41,3 +47,20 @@ def test_trunk_runs_once_over_all_tiles(tiny_config, fashion_mnist_small):
     model.trunk.register_forward_hook(lambda m, inp, out: seen.append(inp[0].shape))
     model(batch)
     assert seen == [torch.Size([3 * 4, 3, 28, 28])]
+
+
+@pytest.mark.parametrize(
+    "name, feature_dim, num_permutations",
+    [("jigsaw_R50", 2048, 2000), ("jigsaw_R101", 2048, 2000), ("jigsaw_R50w2", 4096, 2000),
+     ("jigsaw_R50w4", 8192, 2000), ("jigsaw_R50_perm100", 2048, 100), ("jigsaw_R50_perm10000", 2048, 10000)],
+)
+def test_full_scale_variants_build_with_matching_head_sizes(name, feature_dim, num_permutations):
+    cfg = setup_config(str(REPO / "configs" / f"{name}.py"))
+    with torch.device("meta"):
+        model = instantiate(cfg.model)
+    assert model.feature_dim == feature_dim
+    assert model.head.per_tile[0].in_features == feature_dim
+    assert model.head.on_concat[-1].out_features == num_permutations
+    assert cfg.dataloader.train.mapper.permutations.num_permutations == num_permutations
+    # VISSL's recipe: 8 x 32 images, lr 0.1, 105 epochs.
+    assert (cfg.dataloader.train.total_batch_size, cfg.optimizer.lr, cfg.train.epochs) == (256, 0.1, 105)
