@@ -10,6 +10,7 @@ What is added to detectron2's recipe, and why:
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 from typing import Any
@@ -85,17 +86,38 @@ def setup_config(config_file: str, overrides: list[str] | tuple[str, ...] = ()) 
     return cfg
 
 
+def _settable_keys(node: Any) -> list[str]:
+    """Keys of a config node, plus, for an ``L(callable)(...)`` node, the callable's other named
+    arguments (those left at their defaults in the config file may be set from the command line)."""
+    if not isinstance(node, (DictConfig, dict)):
+        return []
+    keys = set(node.keys())
+    target = node.get("_target_")
+    if target is not None:
+        target = locate(target) if isinstance(target, str) else target
+        try:
+            params = inspect.signature(target).parameters.values()
+        except (TypeError, ValueError):  # builtins without a signature
+            params = []
+        keys |= {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return sorted(keys)
+
+
 def apply_overrides(cfg: DictConfig, overrides, config_file: str = "<config>") -> DictConfig:
     """``LazyConfig.apply_overrides`` that refuses keys absent from the config (a typo would
-    otherwise add a new key silently)."""
+    otherwise add a new key silently); arguments of an ``L(callable)`` left at their defaults in the
+    config file are accepted."""
     for override in overrides:
         if "=" not in override:
             raise ValueError(f"override {override!r} must have the form key=value")
         key = override.split("=", 1)[0].strip()
         node, parts = cfg, key.split(".")
         for i, part in enumerate(parts):
+            if isinstance(node, (DictConfig, dict)) and part not in node and i == len(parts) - 1 \
+                    and part in _settable_keys(node):
+                break
             if not isinstance(node, (DictConfig, dict)) or part not in node:
-                have = sorted(node.keys()) if isinstance(node, (DictConfig, dict)) else []
+                have = _settable_keys(node)
                 raise KeyError(
                     f"unknown config key {'.'.join(parts[: i + 1])!r} in override {override!r} for "
                     f"{config_file}; keys there: {have}"

@@ -60,3 +60,10 @@ def test_tiny_jigsaw_trains_through_the_command_line_tool(tmp_path):
     # Pretext accuracy rises well above chance (1/24) within 120 iterations of 32 real images.
     assert accuracies[-1] > 5 * (1 / 24)
     assert accuracies[-1] > accuracies[0]
+
+
+def test_override_may_set_an_argument_the_config_leaves_at_its_default():
+    cfg = setup_config(str(REPO / "configs/tiny/pirl.py"), ["dataloader.train.dataset.limit=64"])
+    assert cfg.dataloader.train.dataset.limit == 64
+    with pytest.raises(KeyError, match=r"'dataloader.train.dataset.limt'.*'limit', 'names'"):
+        setup_config(str(REPO / "configs/tiny/pirl.py"), ["dataloader.train.dataset.limt=64"])
