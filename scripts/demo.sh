@@ -19,10 +19,11 @@ TRAIN=("$PY" tools/train_net.py --num-gpus 0)
 echo "== 1/3 pretraining Jigsaw (2x2 tiles, 24 permutations) on Fashion-MNIST"
 "${TRAIN[@]}" --config-file configs/tiny/jigsaw.py train.output_dir="$OUT/jigsaw" train.max_iter=300
 
-echo "== 2/3 pretraining PIRL (image + 3x3 jigsaw tiles, InfoNCE against a memory bank) on 4,096 photos"
-# A subset, so that in 300 steps every memory-bank entry is refreshed several times (2.3 epochs).
+echo "== 2/3 pretraining PIRL (image + 3x3 jigsaw tiles, InfoNCE against a memory bank) on 1,024 photos"
+# A subset, so that in 300 steps of 32 images every memory-bank entry is refreshed ~9 times.
 "${TRAIN[@]}" --config-file configs/tiny/pirl.py train.output_dir="$OUT/pirl" train.max_iter=300 \
-    dataloader.train.dataset.limit=4096 model.loss.negative_sampling_params.num_negatives=1024
+    dataloader.train.dataset.limit=1024 model.loss.negative_sampling_params.num_negatives=512 \
+    dataloader.train.num_workers=2
 
 echo "== 3/3 detection transfer: convert the Jigsaw trunk, fine-tune Faster R-CNN (FPN) on a small COCO-format set"
 "$PY" tools/convert_checkpoint.py "$OUT/jigsaw/model_final.pth" "$OUT/jigsaw/trunk_detectron2.pkl" --to detectron2

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+from omegaconf import OmegaConf
 from tabulate import tabulate
 
 from d2ssl.utils.metrics import metric_trajectory, read_metrics
@@ -19,6 +20,16 @@ PRETEXT_METRICS: dict[str, tuple[str, float | None]] = {
 }
 
 
+def nce_chance(run_dir: str) -> float | None:
+    """``1 / (K + 1)``: the top-1 chance level of an NCE run with K negatives (from its config.yaml)."""
+    path = os.path.join(run_dir, "config.yaml")
+    if not os.path.exists(path):
+        return None
+    key = "model.loss.negative_sampling_params.num_negatives"
+    num_negatives = OmegaConf.select(OmegaConf.load(path), key)
+    return None if num_negatives is None else 1.0 / (num_negatives + 1)
+
+
 def pretraining_rows(demo_dir: str) -> list[list]:
     """One row per run folder of ``demo_dir`` named after a method: metric, first, last, chance."""
     rows = []
@@ -31,6 +42,8 @@ def pretraining_rows(demo_dir: str) -> list[list]:
         except (FileNotFoundError, KeyError) as e:
             rows.append([method, key, "-", "-", "-", f"({e})"])
             continue
+        if chance is None:
+            chance = nce_chance(run)
         rows.append([method, key, f"{first:.3f}", f"{last:.3f}",
                      "-" if chance is None else f"{chance:.3f}", run])
     return rows
@@ -58,10 +71,10 @@ def detection_rows(demo_dir: str) -> list[list]:
 def format_report(demo_dir: str) -> str:
     pretraining = tabulate(
         pretraining_rows(demo_dir), headers=["method", "pretext metric", "first", "last", "chance", "output"],
-        tablefmt="github",
+        tablefmt="github", disable_numparse=True,
     )
     detection = tabulate(
         detection_rows(demo_dir), headers=["detection fine-tune", "iterations", "box AP", "AP50", "output"],
-        tablefmt="github",
+        tablefmt="github", disable_numparse=True,
     )
     return f"Pretraining\n{pretraining}\n\nDetection transfer (COCO evaluation)\n{detection}"
