@@ -10,7 +10,7 @@ from detectron2.model_zoo import get_config
 from detectron2.solver import WarmupParamScheduler
 from fvcore.common.param_scheduler import MultiStepParamScheduler
 
-from d2ssl.engine.detection import res5_with_extra_norm
+from d2ssl.modeling.roi_heads import res5_with_extra_norm
 
 from ..common.train import train
 

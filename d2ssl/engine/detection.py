@@ -10,7 +10,6 @@ detectron2's own data sets, trainer, hooks and evaluators. What it adds, and why
 - ``train.precise_bn`` runs detectron2's ``PreciseBN`` before each evaluation, as the MoCo / VISSL /
   JigClu detection configs do (``TEST.PRECISE_BN.ENABLED``);
 - the linear scaling of batch size and learning rate to the number of processes, as pretraining;
-- ``res5_with_extra_norm``: MoCo's ``Res5ROIHeadsExtraNorm`` for C4 detectors, as an object.
 
 SyncBN ("SyncBN", ``torch.nn.SyncBatchNorm``) runs on a single CPU process as plain BatchNorm (it
 synchronises only when a process group of several ranks exists), so the CPU configs keep the
@@ -22,13 +21,11 @@ from __future__ import annotations
 import logging
 import os
 import pickle
-from collections.abc import Sequence
 
 from detectron2.config import instantiate
 from detectron2.engine import AMPTrainer, SimpleTrainer, default_writers, hooks
 from detectron2.engine.defaults import create_ddp_model
 from detectron2.evaluation import inference_on_dataset, print_csv_format
-from detectron2.layers import get_norm
 from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 from omegaconf import DictConfig
@@ -45,18 +42,6 @@ logger = logging.getLogger("d2ssl")
 
 # Keys of a whole detectron2 detector: such checkpoints are loaded as they are.
 DETECTOR_KEY_PREFIXES = ("backbone.", "proposal_generator.", "roi_heads.")
-
-
-def res5_with_extra_norm(blocks: Sequence[nn.Module], norm: str) -> nn.Sequential:
-    """The res5 stage of a C4 detector's ROI heads followed by one more norm layer over its output.
-
-    MoCo's ``Res5ROIHeadsExtraNorm`` (He et al. 2020, appendix A.2: a normalised head for fine-tuning
-    SyncBN-trained features), used by the MoCo and VISSL VOC/COCO C4 benchmarks. The norm is named
-    ``norm`` inside ``roi_heads.res5``, as MoCo's, so detectron2 checkpoints of both match.
-    """
-    res5 = nn.Sequential(*blocks)
-    res5.add_module("norm", get_norm(norm, blocks[-1].out_channels))
-    return res5
 
 
 def prepare_init_checkpoint(path: str, output_dir: str) -> str:

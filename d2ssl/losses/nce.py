@@ -51,9 +51,11 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 import torch.distributed as dist
+from detectron2.utils import comm
 from torch import nn
 from torch.nn import functional as F
 
+from d2ssl.utils.distributed import all_gather_rows
 from d2ssl.utils.events import log_metrics
 
 LOSS_TYPES = ("nce", "cross_entropy")
@@ -76,27 +78,6 @@ def _with_defaults(name: str, given: Mapping | None, defaults: dict) -> dict:
     if unknown:
         raise ValueError(f"unknown {name} keys {unknown}; allowed: {sorted(defaults)}")
     return {**defaults, **given}
-
-
-def _distributed_world_size() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def all_gather_rows(tensor: torch.Tensor) -> torch.Tensor:
-    """Concatenates ``tensor`` (``(n_r, ...)``, ``n_r`` may differ) of every rank in rank order;
-    returns it unchanged outside distributed training."""
-    world_size = _distributed_world_size()
-    if world_size == 1:
-        return tensor
-    size = torch.tensor([tensor.shape[0]], device=tensor.device)
-    sizes = [torch.zeros_like(size) for _ in range(world_size)]
-    dist.all_gather(sizes, size)
-    sizes = [int(s) for s in sizes]
-    padded = tensor.new_zeros((max(sizes), *tensor.shape[1:]))
-    padded[: tensor.shape[0]] = tensor
-    gathered = [torch.empty_like(padded) for _ in range(world_size)]
-    dist.all_gather(gathered, padded.contiguous())
-    return torch.cat([g[:n] for g, n in zip(gathered, sizes)])
 
 
 class NCELossWithMemory(nn.Module):
@@ -262,9 +243,9 @@ class NCELossWithMemory(nn.Module):
         """Sets ``Z = N * mean(exp(logits))`` over this batch's entries, averaged over ranks."""
         flat = logits.detach().double().flatten()
         mean_exp = torch.exp(torch.logsumexp(flat, 0) - math.log(flat.numel()))
-        if _distributed_world_size() > 1:
+        if comm.get_world_size() > 1:
             dist.all_reduce(mean_exp)
-            mean_exp /= _distributed_world_size()
+            mean_exp /= comm.get_world_size()
         self.norm_constant.fill_(float(mean_exp) * self.memory_size)
 
     @torch.no_grad()
@@ -364,11 +345,11 @@ class NCELossWithMemory(nn.Module):
     def _check_ranks_agree(self) -> None:
         # Identical banks are what keeps the gathered updates consistent; a bank loaded on one rank
         # only, or different init seeds, would silently train against different negatives.
-        if _distributed_world_size() > 1:
+        if comm.get_world_size() > 1:
             row_sums = self.memory.sum(dim=1, dtype=torch.float64)  # no float64 copy of the whole bank
             weights = torch.arange(1, row_sums.numel() + 1, device=row_sums.device, dtype=torch.float64)
             fingerprint = torch.stack([row_sums.sum(), (row_sums * weights).sum(), self.norm_constant])
-            gathered = [torch.empty_like(fingerprint) for _ in range(_distributed_world_size())]
+            gathered = [torch.empty_like(fingerprint) for _ in range(comm.get_world_size())]
             dist.all_gather(gathered, fingerprint)
             if any(not torch.equal(g, gathered[0]) for g in gathered):
                 raise RuntimeError(

@@ -14,9 +14,10 @@ from detectron2.utils.events import EventStorage
 from torch import nn
 
 from d2ssl.engine.checkpointer import AtomicCheckpointer
-from d2ssl.engine.detection import prepare_init_checkpoint, res5_with_extra_norm, train_detector
+from d2ssl.engine.detection import prepare_init_checkpoint, train_detector
 from d2ssl.engine.train_loop import do_train, setup_config
 from d2ssl.modeling.backbone import build_resnet_trunk
+from d2ssl.modeling.roi_heads import res5_with_extra_norm
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_DETECTION = REPO / "configs" / "detection" / "tiny"

@@ -14,43 +14,7 @@ from torch.nn import functional as F
 from d2ssl.data.mappers.montage import NUM_PATCHES, assemble_montages
 from d2ssl.losses.supcon import SupConLoss
 from d2ssl.modeling.meta_arch.base import SSLMetaArch, accuracy
-
-
-class _AllGatherWithGradient(torch.autograd.Function):
-    """All-gather whose backward hands each rank the sum over ranks of the gradients of its slice.
-
-    (``torch.distributed.nn.functional.all_gather`` does the same but is deprecated, and on gloo
-    it sends non-contiguous gradients through all-to-all unchanged, which corrupts them.)
-    """
-
-    @staticmethod
-    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
-        gathered = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
-        dist.all_gather(gathered, tensor.contiguous())
-        return torch.cat(gathered, dim=0)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        grad = grad.contiguous()
-        dist.all_reduce(grad)
-        n = grad.shape[0] // dist.get_world_size()
-        return grad[dist.get_rank() * n : (dist.get_rank() + 1) * n]
-
-
-def concat_all_gather(tensor: torch.Tensor, differentiable: bool = False) -> torch.Tensor:
-    """Concatenates ``tensor`` of every rank along dim 0, in rank order (a no-op on one process).
-
-    With ``differentiable=True`` gradients flow back as in JigClu's ``diffdist`` all-gather: each
-    rank receives the sum over ranks of the gradients of its slice, so when every rank computes the
-    same loss on the gathered tensor, DDP's gradient averaging yields the gradient of that one loss.
-    """
-    if comm.get_world_size() == 1:
-        return tensor
-    if differentiable:
-        return _AllGatherWithGradient.apply(tensor)
-    gathered = [torch.empty_like(tensor) for _ in range(comm.get_world_size())]
-    dist.all_gather(gathered, tensor.contiguous())
-    return torch.cat(gathered, dim=0)
+from d2ssl.utils.distributed import all_gather_rows
 
 
 @META_ARCH_REGISTRY.register()
@@ -116,7 +80,7 @@ class JigsawClustering(SSLMetaArch):
         ``(4N,)`` cluster and location labels of all slots of the global batch (row ``s * N + m``
         = slot ``s`` of montage ``m``)."""
         with torch.no_grad():
-            patches = concat_all_gather(local_patches)
+            patches = all_gather_rows(local_patches)
             permutation = self.shuffle(NUM_PATCHES * len(patches))
             montages, cluster_labels, location_labels = assemble_montages(patches, permutation)
         start = comm.get_rank() * len(local_patches)
@@ -125,7 +89,7 @@ class JigsawClustering(SSLMetaArch):
     def patch_features(self, local_montages: torch.Tensor) -> torch.Tensor:
         """This rank's montages -> ``(4N, C)`` features of every slot of the global batch, row
         ``s * N + m`` = slot ``s`` of montage ``m``, gathered with gradients."""
-        quadrants = concat_all_gather(self.slot_features(local_montages), differentiable=True)
+        quadrants = all_gather_rows(self.slot_features(local_montages), differentiable=True)
         return quadrants.permute(2, 3, 0, 1).flatten(0, 2)  # (N, C, 2, 2) -> (2, 2, N, C) -> (4N, C)
 
     def losses(self, batched_inputs: Sequence[dict]) -> dict[str, torch.Tensor]:

@@ -1,0 +1,53 @@
+"""Gathering tensors across data-parallel ranks (memory-bank updates, JigClu's global batch)."""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from detectron2.utils import comm
+
+
+class _AllGatherWithGradient(torch.autograd.Function):
+    """All-gather whose backward hands each rank the sum over ranks of the gradients of its slice.
+
+    (``torch.distributed.nn.functional.all_gather`` does the same but is deprecated, and on gloo
+    it sends non-contiguous gradients through all-to-all unchanged, which corrupts them.)
+    """
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        gathered = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+        dist.all_gather(gathered, tensor.contiguous())
+        return torch.cat(gathered, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        n = grad.shape[0] // dist.get_world_size()
+        return grad[dist.get_rank() * n : (dist.get_rank() + 1) * n]
+
+
+def all_gather_rows(tensor: torch.Tensor, differentiable: bool = False) -> torch.Tensor:
+    """Concatenates ``tensor`` (``(n_r, ...)``) of every rank along dim 0 in rank order; returns it
+    unchanged on one process.
+
+    Without gradient, ``n_r`` may differ between ranks. With ``differentiable=True`` (every rank must
+    hold the same ``n_r``) gradients flow back as in JigClu's ``diffdist`` all-gather: each rank
+    receives the sum over ranks of the gradients of its slice, so when every rank computes the same
+    loss on the gathered tensor, DDP's gradient averaging yields the gradient of that one loss.
+    """
+    world_size = comm.get_world_size()
+    if world_size == 1:
+        return tensor
+    if differentiable:
+        return _AllGatherWithGradient.apply(tensor)
+    size = torch.tensor([tensor.shape[0]], device=tensor.device)
+    sizes = [torch.zeros_like(size) for _ in range(world_size)]
+    dist.all_gather(sizes, size)
+    sizes = [int(s) for s in sizes]
+    padded = tensor.new_zeros((max(sizes), *tensor.shape[1:]))
+    padded[: tensor.shape[0]] = tensor
+    gathered = [torch.empty_like(padded) for _ in range(world_size)]
+    dist.all_gather(gathered, padded.contiguous())
+    return torch.cat([g[:n] for g, n in zip(gathered, sizes)])
