@@ -17,6 +17,7 @@ import logging
 import re
 import types
 import typing
+from collections.abc import Mapping
 from typing import Any
 
 from detectron2.utils.registry import locate
@@ -114,20 +115,24 @@ def _children(node: Any, path: str):
             yield i, value, f"{path}[{i}]"
 
 
-def _check_node(node: DictConfig, config_file: str, path: str) -> None:
+def resolve_target(node: DictConfig) -> tuple[Any, Mapping[str, inspect.Parameter] | None]:
+    """The callable of an ``L(target)(...)`` node and its parameters (``None`` for builtins without
+    an inspectable signature). Raises whatever importing a ``_target_`` string raises."""
     target = node._target_
-    if isinstance(target, str):
-        try:
-            target = locate(target)
-        except Exception as e:
-            raise ConfigError(
-                f"{config_file}: {path}._target_={node._target_!r} cannot be imported: {e}"
-            ) from e
+    target = locate(target) if isinstance(target, str) else target
     try:
-        signature = inspect.signature(target)
-    except (TypeError, ValueError):  # builtins without a signature: nothing to check against
+        return target, inspect.signature(target).parameters
+    except (TypeError, ValueError):
+        return target, None
+
+
+def _check_node(node: DictConfig, config_file: str, path: str) -> None:
+    try:
+        target, params = resolve_target(node)
+    except Exception as e:
+        raise ConfigError(f"{config_file}: {path}._target_={node._target_!r} cannot be imported: {e}") from e
+    if params is None:  # nothing to check against
         return
-    params = signature.parameters
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     named = [n for n, p in params.items() if p.kind not in (inspect.Parameter.VAR_POSITIONAL,
                                                                inspect.Parameter.VAR_KEYWORD)]

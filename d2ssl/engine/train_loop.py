@@ -10,7 +10,6 @@ What is added to detectron2's recipe, and why:
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 from typing import Any
@@ -24,7 +23,7 @@ from detectron2.utils.registry import locate
 from omegaconf import DictConfig, ListConfig
 
 from d2ssl.checkpoint.load import load_weights_init
-from d2ssl.config import check_num_train_samples, validate_config
+from d2ssl.config import check_num_train_samples, resolve_target, validate_config
 from d2ssl.engine.checkpointer import AtomicCheckpointer
 from d2ssl.engine.hooks import PeriodicCheckpointer, RandomStateCheckpoint, ResumeDataOrder
 
@@ -92,13 +91,8 @@ def _settable_keys(node: Any) -> list[str]:
     if not isinstance(node, (DictConfig, dict)):
         return []
     keys = set(node.keys())
-    target = node.get("_target_")
-    if target is not None:
-        target = locate(target) if isinstance(target, str) else target
-        try:
-            params = inspect.signature(target).parameters.values()
-        except (TypeError, ValueError):  # builtins without a signature
-            params = []
+    if "_target_" in node:
+        params = (resolve_target(node)[1] or {}).values()
         keys |= {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
     return sorted(keys)
 
