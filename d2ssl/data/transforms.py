@@ -11,6 +11,9 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 from detectron2.utils.file_io import PathManager
+from PIL import ImageEnhance, ImageOps
+from torchvision import transforms as T
+from torchvision.transforms import functional as F
 
 logger = logging.getLogger(__name__)
 
@@ -156,8 +159,6 @@ def torch_rng_from(generator: torch.Generator) -> Iterator[None]:
 
 def to_normalized_tensor(image, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
     """PIL RGB image -> float ``(3, H, W)`` normalised with ``mean``/``std`` (on [0, 1])."""
-    from torchvision.transforms import functional as F
-
     return F.normalize(F.to_tensor(image), mean, std)
 
 
@@ -176,8 +177,6 @@ def color_augmentation(
     ``gaussian_blur_prob=0.5`` variant is VISSL's ``photo_gblur`` / SimCLR blur with sigma in [0.1, 2].
     ``photometric_prob=0.66`` adds PIRL's ``ImgPilRandomPhotometric`` after the jitter.
     """
-    from torchvision import transforms as T
-
     ops = []
     if color_jitter is not None:
         ops.append(T.RandomApply([T.ColorJitter(*color_jitter)], p=color_jitter_prob))
@@ -209,8 +208,6 @@ class RandomPhotometric:
     applied in turn to a PIL image. Values are drawn from torch's RNG, so ``torch_rng_from`` seeds them."""
 
     def __call__(self, image):
-        from PIL import ImageEnhance, ImageOps
-
         bits = int(torch.randint(4, 9, (1,)))
         sharpness = 0.1 + 1.8 * float(torch.rand(1))
         threshold = int(torch.randint(0, 257, (1,)))
