@@ -7,10 +7,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from detectron2.config import instantiate
+from fixed_batch import fit_fixed_batch, mapped_batch
 from torch import nn
 from torch.nn import functional as F
 
-from d2ssl.data.build import SeededMapDataset
 from d2ssl.engine.train_loop import do_train, setup_config
 from d2ssl.modeling import build_resnet_trunk, mlp_head
 from d2ssl.modeling.meta_arch import JigsawClustering
@@ -77,17 +77,8 @@ def test_patches_of_one_image_cluster_when_slot_features_are_local(tiny_config, 
         build_resnet_trunk(depth=18, base_channels=16, out_features=("res4",)),
         cluster_head=mlp_head([64, 64, 32]), location_head=mlp_head([64, 4]), feature="res4",
     )
-    dataset = SeededMapDataset(fashion_mnist_small[:16], instantiate(cfg.dataloader.train.mapper), seed=0)
-    batch = [dataset[(i, i)] for i in range(16)]
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.03, momentum=0.9)
-    model.train()
-    losses = []
-    for _ in range(25):
-        loss = model(batch)["loss_clu"]
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    batch = mapped_batch(cfg, fashion_mnist_small[:16])
+    losses = fit_fixed_batch(model, batch, "loss_clu", steps=25, lr=0.03)
     collapsed = 0.3 / 0.07 * math.log(63)  # all embeddings equal
     assert sum(losses[-5:]) / 5 < collapsed - 1.0
 

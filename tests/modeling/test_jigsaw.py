@@ -3,8 +3,8 @@ from pathlib import Path
 import pytest
 import torch
 from detectron2.config import instantiate
+from fixed_batch import fit_fixed_batch, mapped_batch
 
-from d2ssl.data.build import SeededMapDataset
 from d2ssl.engine.train_loop import setup_config
 from d2ssl.modeling.meta_arch import Jigsaw
 
@@ -14,18 +14,8 @@ REPO = Path(__file__).resolve().parents[2]
 def test_loss_decreases_on_real_images(tiny_config, fashion_mnist_small):
     cfg = tiny_config("jigsaw")
     model: Jigsaw = instantiate(cfg.model)
-    mapper = instantiate(cfg.dataloader.train.mapper)
-    dataset = SeededMapDataset(fashion_mnist_small[:64], mapper, seed=0)
-    batch = [dataset[(i, i)] for i in range(64)]
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    model.train()
-    losses = []
-    for _ in range(12):
-        loss = model(batch)["loss_jigsaw"]
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    batch = mapped_batch(cfg, fashion_mnist_small[:64])
+    losses = fit_fixed_batch(model, batch, "loss_jigsaw", steps=12, lr=0.05)
     # Starts near chance (ln 24 = 3.18) and fits a fixed batch within a dozen steps.
     assert abs(losses[0] - torch.log(torch.tensor(24.0)).item()) < 0.5
     assert losses[-1] < 0.6 * losses[0]

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 from detectron2.config import instantiate
+from fixed_batch import fit_fixed_batch, mapped_batch
 
-from d2ssl.data.build import SeededMapDataset
 from d2ssl.engine.train_loop import do_train, setup_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -27,25 +27,18 @@ def test_tiny_config_loss_goes_down_on_fashion_mnist(tiny_config, tmp_path):
 def test_trunk_runs_once_over_all_rotated_images(tiny_config, fashion_mnist_small, rotations_per_image):
     cfg = tiny_config("rotnet", f"dataloader.train.mapper.rotations_per_image={rotations_per_image}")
     model = instantiate(cfg.model).train()
-    dataset = SeededMapDataset(fashion_mnist_small[:6], instantiate(cfg.dataloader.train.mapper), seed=0)
     seen = []
     model.trunk.register_forward_hook(lambda m, inp, out: seen.append(inp[0].shape))
-    losses = model([dataset[(i, i)] for i in range(6)])
+    losses = model(mapped_batch(cfg, fashion_mnist_small[:6]))
     assert seen == [torch.Size([6 * rotations_per_image, 3, 64, 64])]
     assert losses["loss_rotnet"].item() == pytest.approx(math.log(4), rel=0.3)
 
 
 def test_all_rotations_are_learned_on_a_fixed_batch(tiny_config, fashion_mnist_small):
     cfg = tiny_config("rotnet")
-    model = instantiate(cfg.model).train()
-    dataset = SeededMapDataset(fashion_mnist_small[:16], instantiate(cfg.dataloader.train.mapper), seed=0)
-    batch = [dataset[(i, i)] for i in range(16)]
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    for _ in range(15):
-        loss = model(batch)["loss_rotnet"]
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    model = instantiate(cfg.model)
+    batch = mapped_batch(cfg, fashion_mnist_small[:16])
+    fit_fixed_batch(model, batch, "loss_rotnet", steps=15, lr=0.05)
     with torch.no_grad():  # still in training mode: BatchNorm's running averages lag behind
         images = torch.cat([d["images"] for d in batch])
         predictions = model.head(model.pooled_features(images)).argmax(dim=1)
