@@ -10,7 +10,6 @@ and augmentations of a resumed run are those of an uninterrupted one.
 
 from __future__ import annotations
 
-import copy
 import logging
 from collections.abc import Callable, Iterator, Sequence
 
@@ -109,7 +108,8 @@ class SeededMapDataset(torch.utils.data.Dataset):
             generator = torch.Generator().manual_seed(sample_seed(self.seed, position) + attempt)
             self.num_reads += 1
             try:
-                out = self.mapper(copy.deepcopy(self.dataset[idx]), generator)
+                # The serialized list unpickles a fresh dict per access: the mapper may change it.
+                out = self.mapper(self.dataset[idx], generator)
             except BadImageError as e:
                 self._record_bad(idx, str(e))
                 continue
