@@ -1,0 +1,69 @@
+"""The views of the evaluation protocols: a deterministic test view, and the supervised training view.
+
+Shared by feature extraction (kNN, cached-feature linear benchmarks, ClusterFit's clustering), the
+linear benchmarks, semi-supervised fine-tuning and ClusterFit's training on pseudo-labels.
+
+- ``train=False``: ``Resize(resize_size)`` (shorter side) + ``CenterCrop(crop_size)``; at full scale
+  256 / 224, the test transform of every reference (MoCo/JigClu ``main_lincls.py``, VISSL's
+  ``ImgPilToTensor`` test pipeline, ClusterFit's feature extraction).
+- ``train=True``: ``RandomResizedCrop(crop_size, scale=crop_scale)`` + ``RandomHorizontalFlip``, with
+  optional extra PIL transforms after them (ClusterFit's colour jitter), drawn from the sample's
+  generator so the views are reproducible and resume stays exact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torchvision import transforms as T
+
+from d2ssl.data.image_io import read_rgb_image
+from d2ssl.data.transforms import IMAGENET_MEAN, IMAGENET_STD, to_normalized_tensor, torch_rng_from
+
+
+class ClassificationMapper:
+    """Dataset dict -> ``{"image": (3, crop, crop), "image_id": int[, "label": int]}``.
+
+    Callable as ``mapper(dataset_dict)`` (test view: no randomness) or
+    ``mapper(dataset_dict, generator)`` (the training loader's signature).
+    """
+
+    def __init__(
+        self,
+        train: bool = False,
+        crop_size: int = 224,
+        resize_size: int = 256,
+        crop_scale: tuple[float, float] = (0.08, 1.0),
+        horizontal_flip: bool = True,
+        extra_transforms: Sequence[Callable] = (),
+        pixel_mean: tuple[float, float, float] = IMAGENET_MEAN,
+        pixel_std: tuple[float, float, float] = IMAGENET_STD,
+    ):
+        self.train = train
+        if train:
+            ops: list[Callable] = [T.RandomResizedCrop(crop_size, scale=tuple(crop_scale))]
+            if horizontal_flip:
+                ops.append(T.RandomHorizontalFlip())
+            ops.extend(extra_transforms)
+        else:
+            ops = [T.Resize(resize_size), T.CenterCrop(crop_size)]
+        self.transform = T.Compose(ops)
+        self.pixel_mean, self.pixel_std = pixel_mean, pixel_std
+
+    def __call__(self, dataset_dict: dict, generator: torch.Generator | None = None) -> dict:
+        image = read_rgb_image(dataset_dict)
+        if self.train:
+            if generator is None:
+                raise ValueError("ClassificationMapper(train=True) needs a torch.Generator")
+            with torch_rng_from(generator):
+                image = self.transform(image)
+        else:
+            image = self.transform(image)
+        out = {
+            "image": to_normalized_tensor(image, self.pixel_mean, self.pixel_std),
+            "image_id": dataset_dict["image_id"],
+        }
+        if "label" in dataset_dict:
+            out["label"] = dataset_dict["label"]
+        return out
