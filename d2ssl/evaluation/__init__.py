@@ -1,0 +1,1 @@
+"""Evaluation of pretrained trunks: feature extraction, kNN, linear benchmarks, sweeps, clustering."""

@@ -1,0 +1,102 @@
+"""Feature extraction: data set order whatever the loader does, labels and indices, reuse."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from d2ssl.data.mappers.classification import ClassificationMapper
+from d2ssl.evaluation import features as features_module
+from d2ssl.evaluation.features import (
+    extract_features,
+    load_features,
+    pool_features,
+    trunk_layer_outputs,
+)
+from d2ssl.modeling.backbone import build_resnet_trunk
+
+NUM_IMAGES = 48
+
+
+@pytest.fixture(scope="module")
+def images(fashion_mnist_train) -> list[dict]:
+    # Not the first images: labels differ from the positions' order.
+    return [dict(d, image_id=i) for i, d in enumerate(fashion_mnist_train[1000:1000 + NUM_IMAGES])]
+
+
+@pytest.fixture(scope="module")
+def trunk():
+    torch.manual_seed(0)
+    return build_resnet_trunk(depth=18, base_channels=8, out_features=("res5",)).eval()
+
+
+MAPPER = ClassificationMapper(train=False, resize_size=32, crop_size=32)
+
+
+def _one_by_one(trunk, images, layers, pooling="avg"):
+    with torch.no_grad():
+        rows = []
+        for d in images:
+            maps = trunk_layer_outputs(trunk, MAPPER(d)["image"][None], layers)
+            rows.append({layer: pool_features(maps[layer], layer, pooling)[0].numpy() for layer in layers})
+    return {layer: np.stack([r[layer] for r in rows]) for layer in layers}
+
+
+@pytest.mark.parametrize("num_workers,shuffle", [(0, False), (2, False), (0, True)])
+def test_features_in_data_set_order(tmp_path, images, trunk, num_workers, shuffle):
+    sampler = None
+    if shuffle:
+        sampler = torch.utils.data.RandomSampler(images, generator=torch.Generator().manual_seed(1))
+    result = extract_features(trunk, images, MAPPER, str(tmp_path), split="train", layers=("res4", "res5"),
+                              batch_size=10, num_workers=num_workers, sampler=sampler)
+    expected = _one_by_one(trunk, images, ("res4", "res5"))
+    for layer in ("res4", "res5"):
+        assert result.features[layer].dtype == np.float32
+        np.testing.assert_allclose(result.features[layer], expected[layer], rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(result.labels, [d["label"] for d in images])
+    np.testing.assert_array_equal(result.indices, np.arange(NUM_IMAGES))
+    assert result.features["res5"].shape == (NUM_IMAGES, 64)  # 8 stem channels x 8 at res5
+
+
+def test_vissl_pooling_spec_and_early_layers(tmp_path, images, trunk):
+    pooling = {"conv1": [[4, 4], 4, 0], "res2": [[2, 2], 2, 0]}
+    result = extract_features(trunk, images[:6], MAPPER, str(tmp_path), layers=("conv1", "res2"),
+                              pooling=pooling)
+    expected = _one_by_one(trunk, images[:6], ("conv1", "res2"), pooling)
+    # conv1 is before the max pool: 32 px -> 16 x 16 x 8 channels, pooled 4x4/4 -> 4 x 4 x 8
+    assert result.features["conv1"].shape == (6, 8 * 4 * 4)
+    assert result.features["res2"].shape == (6, 8 * 4 * 4)  # res2: 8 x 8 x 8, pooled 2x2/2
+    for layer in ("conv1", "res2"):
+        np.testing.assert_allclose(result.features[layer], expected[layer], rtol=1e-4, atol=1e-5)
+
+
+def test_second_run_reuses_and_other_weights_recompute(tmp_path, images, trunk, monkeypatch):
+    out = str(tmp_path)
+    first = extract_features(trunk, images[:8], MAPPER, out, split="val", checkpoint="a.pth")
+    mtime = os.path.getmtime(tmp_path / "val_res5.npy")
+    calls = []
+    original = features_module.compute_features
+    monkeypatch.setattr(features_module, "compute_features",
+                        lambda *a, **k: calls.append(1) or original(*a, **k))
+    again = extract_features(trunk, images[:8], MAPPER, out, split="val", checkpoint="a.pth")
+    assert calls == [] and os.path.getmtime(tmp_path / "val_res5.npy") == mtime
+    np.testing.assert_array_equal(again.features["res5"], first.features["res5"])
+    extract_features(trunk, images[:8], MAPPER, out, split="val", checkpoint="b.pth")
+    assert calls == [1]
+    assert json.loads((tmp_path / "val_meta.json").read_text())["checkpoint"] == "b.pth"
+    loaded = load_features(out, "val")
+    np.testing.assert_array_equal(loaded.features["res5"], first.features["res5"])
+
+
+def test_unlabelled_data_set_and_missing_extraction(tmp_path, images, trunk):
+    unlabelled = [{k: v for k, v in d.items() if k != "label"} for d in images[:4]]
+    result = extract_features(trunk, unlabelled, MAPPER, str(tmp_path), split="u")
+    assert result.labels is None and len(result) == 4
+    with pytest.raises(FileNotFoundError, match="no finished 'test' feature extraction"):
+        load_features(str(tmp_path), "test")
+    with pytest.raises(KeyError, match=r"layers \['res3'\] were not extracted"):
+        load_features(str(tmp_path), "u", layers=("res3",))
