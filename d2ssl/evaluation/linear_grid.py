@@ -1,0 +1,188 @@
+"""The fast linear path: a grid of linear classifiers on cached features, trained as one layer.
+
+Every cell of ``learning rates x weight decays x standardise`` is a linear classifier ``D -> C``;
+all cells are held in one ``(G, D, C)`` weight and trained together in one pass over the data per
+epoch: one shuffled batch order (from ``seed``), one batched matrix product for the logits of every
+cell, the sum of the cells' mean cross-entropies as the loss (its gradient for a cell is that cell's
+own), and SGD with momentum applied per cell with the cell's learning rate and weight decay. Each
+cell is therefore exactly the classifier ``torch.optim.SGD`` would train alone with that seed and
+data order (``tests/evaluation/test_linear_grid.py`` checks it), at the cost of about one.
+
+Defaults follow the MoCo / Jigsaw Clustering ``main_lincls.py`` classifier: weights ~ normal(0, 0.01),
+bias 0, SGD momentum 0.9, weight decay applied to weight and bias as ``torch.optim.SGD`` does, batch
+256, learning rate stepped per epoch (cosine as MoCo's ``--cos``, or x``gamma`` at ``milestones``).
+``standardize=True`` cells see features standardised with the training set's mean and std.
+
+The best cell is chosen by accuracy on ``val``: when ``val`` is the test split (as in the demo), this
+is the usual optimistic "best of a sweep" number; pass a held-out split to select honestly.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from detectron2.utils.file_io import PathManager
+from tabulate import tabulate
+from torch.nn import functional as F
+
+from d2ssl.evaluation.features import FeatureSet
+from d2ssl.evaluation.knn import topk_accuracy
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_LRS = (0.01, 0.1, 1.0, 10.0)
+DEFAULT_WEIGHT_DECAYS = (0.0, 1e-5, 1e-4, 1e-3)
+SCHEDULES = ("cosine", "step", "constant")
+
+
+@dataclass
+class LinearGridResult:
+    """``cells``: one dict per classifier (lr, weight_decay, standardize, top1, top5 on val);
+    ``weight`` ``(G, D, C)``, ``bias`` ``(G, C)``; ``mean``/``std`` ``(D,)`` of the train features."""
+
+    cells: list[dict]
+    weight: torch.Tensor
+    bias: torch.Tensor
+    mean: torch.Tensor
+    std: torch.Tensor
+    settings: dict = field(default_factory=dict)
+
+    @property
+    def best(self) -> dict:
+        """The cell with the highest val top-1 (the first of equals)."""
+        return max(self.cells, key=lambda c: c["top1"])
+
+
+def lr_factor(
+    schedule: str, epoch: int, epochs: int, milestones: Sequence[int] = (), gamma: float = 0.1
+) -> float:
+    """Multiplier of the base learning rate during ``epoch`` (0-based)."""
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
+    if schedule == "step":
+        return gamma ** sum(epoch >= m for m in milestones)
+    if schedule == "constant":
+        return 1.0
+    raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+
+
+def initial_classifier(dim: int, num_classes: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(D, C)`` weight ~ normal(0, 0.01) drawn from ``seed`` and a zero ``(C,)`` bias."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(dim, num_classes, generator=generator) * 0.01, torch.zeros(num_classes)
+
+
+def _as_tensors(fs: FeatureSet, layer: str) -> tuple[torch.Tensor, torch.Tensor]:
+    if fs.labels is None:
+        raise ValueError("the linear grid needs labelled features (labels is None)")
+    return torch.from_numpy(np.array(fs.features[layer], dtype=np.float32)), torch.from_numpy(
+        np.asarray(fs.labels, dtype=np.int64))
+
+
+def train_linear_grid(
+    train: FeatureSet,
+    val: FeatureSet,
+    layer: str = "res5",
+    lrs: Sequence[float] = DEFAULT_LRS,
+    weight_decays: Sequence[float] = DEFAULT_WEIGHT_DECAYS,
+    standardize: Sequence[bool] = (False,),
+    epochs: int = 100,
+    batch_size: int = 256,
+    momentum: float = 0.9,
+    schedule: str = "cosine",
+    milestones: Sequence[int] = (60, 80),
+    gamma: float = 0.1,
+    seed: int = 0,
+    device: str = "cpu",
+) -> LinearGridResult:
+    """Trains one classifier per ``(lr, weight_decay, standardize)`` on ``train.features[layer]``
+    ``(N, D)`` and reports each one's top-1/top-5 (percent) on ``val``. See the module docstring."""
+    if epochs < 1 or batch_size < 1:
+        raise ValueError(f"epochs and batch_size must be positive, got {epochs} and {batch_size}")
+    lr_factor(schedule, 0, epochs, milestones, gamma)  # rejects an unknown schedule before any work
+    x_train, y_train = _as_tensors(train, layer)
+    x_val, y_val = _as_tensors(val, layer)
+    num_classes = int(max(y_train.max(), y_val.max())) + 1
+    mean, std = x_train.mean(0), x_train.std(0).clamp_min(1e-6)
+    grid = list(itertools.product(lrs, weight_decays, standardize))
+    lr = torch.tensor([g[0] for g in grid], device=device)[:, None, None]
+    wd = torch.tensor([g[1] for g in grid], device=device)[:, None, None]
+    groups = {flag: [i for i, g in enumerate(grid) if g[2] == flag] for flag in (False, True)}
+    groups = {flag: torch.tensor(cells, device=device) for flag, cells in groups.items() if cells}
+
+    w0, b0 = initial_classifier(x_train.shape[1], num_classes, seed)
+    weight = w0.expand(len(grid), -1, -1).clone().to(device).requires_grad_()
+    bias = b0.expand(len(grid), -1).clone().to(device).requires_grad_()
+    momentum_w, momentum_b = torch.zeros_like(weight), torch.zeros_like(bias)
+    x_train, y_train, mean, std = x_train.to(device), y_train.to(device), mean.to(device), std.to(device)
+
+    def logits_of(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        # (B, D) -> (G, B, C); the standardised cells see (x - mean) / std.
+        out = x.new_empty(len(grid), x.shape[0], num_classes)
+        for flag, cells in groups.items():
+            inputs = (x - mean) / std if flag else x
+            out[cells] = torch.einsum("bd,gdc->gbc", inputs, w[cells]) + b[cells][:, None, :]
+        return out
+
+    generator = torch.Generator().manual_seed(seed)
+    start = time.perf_counter()
+    for epoch in range(epochs):
+        step_lr = lr * lr_factor(schedule, epoch, epochs, milestones, gamma)
+        for rows in torch.randperm(len(x_train), generator=generator).split(batch_size):
+            rows = rows.to(device)
+            logits = logits_of(x_train[rows], weight, bias)
+            targets = y_train[rows].repeat(len(grid))
+            # Sum over cells of each cell's mean loss: cell g's gradient is its own classifier's.
+            loss = F.cross_entropy(logits.reshape(-1, num_classes), targets, reduction="sum") / len(rows)
+            grad_w, grad_b = torch.autograd.grad(loss, (weight, bias))
+            with torch.no_grad():  # torch.optim.SGD's update (dampening 0, not nesterov), per cell
+                momentum_w.mul_(momentum).add_(grad_w + wd * weight)
+                momentum_b.mul_(momentum).add_(grad_b + wd[:, :, 0] * bias)
+                weight.sub_(step_lr * momentum_w)
+                bias.sub_(step_lr[:, :, 0] * momentum_b)
+    train_seconds = time.perf_counter() - start
+
+    with torch.no_grad():
+        scores = torch.cat([logits_of(x.to(device), weight, bias) for x in x_val.split(4096)], dim=1).cpu()
+    cells = []
+    for g, (cell_lr, cell_wd, cell_std) in enumerate(grid):
+        accuracy = topk_accuracy(scores[g].numpy(), y_val.numpy())
+        cells.append({"lr": cell_lr, "weight_decay": cell_wd, "standardize": bool(cell_std), **accuracy})
+    settings = dict(layer=layer, epochs=epochs, batch_size=batch_size, momentum=momentum, schedule=schedule,
+                    milestones=list(milestones), gamma=gamma, seed=seed, num_train=len(x_train),
+                    num_val=len(x_val), train_seconds=round(train_seconds, 2))
+    result = LinearGridResult(
+        cells, weight.detach().cpu(), bias.detach().cpu(), mean.cpu(), std.cpu(), settings
+    )
+    best = result.best
+    logger.info("linear grid of %d cells, %d epochs in %.1f s; best val top-1 %.2f (lr %g, wd %g, std %s)",
+                len(grid), epochs, train_seconds, best["top1"], best["lr"], best["weight_decay"],
+                best["standardize"])
+    return result
+
+
+def format_grid_table(result: LinearGridResult) -> str:
+    """The cells as a text table, best first."""
+    rows = sorted(result.cells, key=lambda c: -c["top1"])
+    return tabulate([[c["lr"], c["weight_decay"], c["standardize"], f"{c['top1']:.2f}", f"{c['top5']:.2f}"]
+                     for c in rows], headers=["lr", "weight_decay", "standardize", "top1", "top5"])
+
+
+def write_grid_report(result: LinearGridResult, output_dir: str) -> dict:
+    """Writes ``linear_grid.json`` (settings, every cell, best) and ``linear_grid.txt`` (table)."""
+    PathManager.mkdirs(output_dir)
+    report = {"settings": result.settings, "best": result.best, "cells": result.cells}
+    with PathManager.open(os.path.join(output_dir, "linear_grid.json"), "w") as f:
+        json.dump(report, f, indent=2)
+    with PathManager.open(os.path.join(output_dir, "linear_grid.txt"), "w") as f:
+        f.write(format_grid_table(result) + "\n")
+    return report
