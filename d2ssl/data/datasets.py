@@ -104,6 +104,99 @@ def load_image_list(list_file: str, root: str = "", labels_file: str | None = No
     return dicts
 
 
+def _read_lines(path: str) -> list[tuple[int, str]]:
+    """``(line number, stripped line)`` of the non-empty lines of a text file."""
+    if not PathManager.isfile(path):
+        raise DatasetError(f"{path!r} does not exist")
+    with PathManager.open(path) as f:
+        return [(n, line.strip()) for n, line in enumerate(f, start=1) if line.strip()]
+
+
+def _check_image(path: str, list_file: str, line_number: int) -> None:
+    if not PathManager.isfile(path):
+        raise DatasetError(f"{list_file}:{line_number}: image {path!r} does not exist")
+
+
+def load_tiny_imagenet(root: str, split: str = "train") -> list[dict]:
+    """Tiny ImageNet (200 classes, 64 px) as distributed in ``tiny-imagenet-200.zip``::
+
+        root/wnids.txt                          one WordNet id per line: label = line order
+        root/train/<wnid>/images/*.JPEG         500 per class
+        root/val/images/*.JPEG                  10,000
+        root/val/val_annotations.txt            "<file>\\t<wnid>\\t<x0>\\t<y0>\\t<x1>\\t<y1>" per image
+
+    ``split``: ``train`` or ``val``. A malformed line, an unknown wnid or a missing image is a
+    ``DatasetError`` naming the file and line.
+    """
+    if split not in ("train", "val"):
+        raise DatasetError(f"Tiny ImageNet split must be 'train' or 'val', got {split!r}")
+    wnids_file = os.path.join(root, "wnids.txt")
+    wnids: dict[str, int] = {}
+    for line_number, line in _read_lines(wnids_file):
+        if len(line.split()) != 1 or line in wnids:
+            raise DatasetError(f"{wnids_file}:{line_number}: expected one new WordNet id, got {line!r}")
+        wnids[line] = len(wnids)
+    entries: list[tuple[str, int]] = []
+    if split == "train":
+        for wnid, label in wnids.items():
+            folder = os.path.join(root, "train", wnid, "images")
+            if not PathManager.isdir(folder):
+                raise DatasetError(f"{wnids_file}:{label + 1}: class folder {folder!r} does not exist")
+            names = sorted(n for n in PathManager.ls(folder) if n.lower().endswith(IMAGE_EXTENSIONS))
+            entries.extend((os.path.join(folder, n), label) for n in names)
+    else:
+        annotations = os.path.join(root, "val", "val_annotations.txt")
+        for line_number, line in _read_lines(annotations):
+            fields = line.split("\t")
+            if len(fields) != 6 or fields[1] not in wnids:
+                raise DatasetError(
+                    f"{annotations}:{line_number}: expected '<file>\\t<wnid from wnids.txt>\\t<4 box "
+                    f"coordinates>', got {line!r}"
+                )
+            path = os.path.join(root, "val", "images", fields[0])
+            _check_image(path, annotations, line_number)
+            entries.append((path, wnids[fields[1]]))
+    if not entries:
+        raise DatasetError(f"Tiny ImageNet {split} split under {root!r} holds no images")
+    return [{"file_name": p, "image_id": i, "label": y} for i, (p, y) in enumerate(entries)]
+
+
+PLACES365_SPLITS = {
+    # split: (list file, image folder), the names of the official file lists and 256 px archives
+    "val": ("places365_val.txt", "val_256"),
+    "train": ("places365_train_standard.txt", "data_256"),
+}
+
+
+def load_places365(root: str, split: str = "val") -> list[dict]:
+    """Places365-Standard at 256 px as distributed (``filelist_places365-standard.tar``,
+    ``val_256.tar``, ``train_256_places365standard.tar``)::
+
+        root/places365_val.txt              "Places365_val_00000001.jpg 165" per line
+        root/val_256/*.jpg
+        root/places365_train_standard.txt   "/a/airfield/00000001.jpg 0" per line
+        root/data_256/a/airfield/*.jpg
+
+    Labels are the class indices of the list files (0..364). A malformed line or a missing image is
+    a ``DatasetError`` naming the file and line.
+    """
+    if split not in PLACES365_SPLITS:
+        raise DatasetError(f"Places365 split must be one of {sorted(PLACES365_SPLITS)}, got {split!r}")
+    list_name, folder = PLACES365_SPLITS[split]
+    list_file = os.path.join(root, list_name)
+    dicts = []
+    for line_number, line in _read_lines(list_file):
+        fields = line.split()
+        if len(fields) != 2 or not fields[1].isdigit():
+            raise DatasetError(f"{list_file}:{line_number}: expected '<image> <class index>', got {line!r}")
+        path = os.path.join(root, folder, fields[0].lstrip("/"))
+        _check_image(path, list_file, line_number)
+        dicts.append({"file_name": path, "image_id": len(dicts), "label": int(fields[1])})
+    if not dicts:
+        raise DatasetError(f"{list_file!r} lists no images")
+    return dicts
+
+
 def _read_idx(path: str, header_bytes: int) -> np.ndarray:
     with PathManager.open(path, "rb") as f:
         raw = gzip.decompress(f.read()) if path.endswith(".gz") else f.read()
@@ -162,6 +255,20 @@ def register_image_list(name: str, list_file: str, root: str = "", labels_file: 
     """Registers a list file (and optional ``.npy`` labels) as data set ``name``."""
     DatasetCatalog.register(name, lambda: load_image_list(list_file, root, labels_file))
     MetadataCatalog.get(name).set(image_root=root, list_file=list_file)
+
+
+def register_tiny_imagenet(root: str, prefix: str = "tiny_imagenet") -> None:
+    """Registers ``{prefix}_train`` and ``{prefix}_val`` (``load_tiny_imagenet``)."""
+    for split in ("train", "val"):
+        DatasetCatalog.register(f"{prefix}_{split}", lambda split=split: load_tiny_imagenet(root, split))
+        MetadataCatalog.get(f"{prefix}_{split}").set(image_root=root, evaluator_type="classification")
+
+
+def register_places365(root: str, prefix: str = "places365") -> None:
+    """Registers ``{prefix}_train`` and ``{prefix}_val`` (``load_places365``)."""
+    for split in PLACES365_SPLITS:
+        DatasetCatalog.register(f"{prefix}_{split}", lambda split=split: load_places365(root, split))
+        MetadataCatalog.get(f"{prefix}_{split}").set(image_root=root, evaluator_type="classification")
 
 
 def _register_builtin() -> None:
