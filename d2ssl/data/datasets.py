@@ -92,16 +92,36 @@ def load_image_list(list_file: str, root: str = "", labels_file: str | None = No
         raise DatasetError(f"image list file {list_file!r} is empty")
     dicts = [{"file_name": os.path.join(root, p) if root else p, "image_id": i} for i, p in enumerate(paths)]
     if labels_file:
-        with PathManager.open(labels_file, "rb") as f:
-            labels = np.load(f)
-        if labels.ndim != 1 or len(labels) != len(dicts):
-            raise DatasetError(
-                f"labels file {labels_file!r} holds {labels.shape} labels, but {list_file!r} lists "
-                f"{len(dicts)} images: need one label per image"
-            )
-        for d, y in zip(dicts, labels):
-            d["label"] = int(y)
+        dicts = attach_labels(dicts, labels_file, dataset_name=repr(list_file))
     return dicts
+
+
+def attach_labels(dataset: list[dict], labels_file: str, dataset_name: str = "the data set") -> list[dict]:
+    """VISSL's ``LABEL_PATHS``: ``dataset`` with the ``label`` of image ``i`` set to entry ``i`` of
+    ``labels_file``, a ``.npy`` array of ``(N,)`` integers in data set order (ClusterFit's pseudo-labels
+    from ``tools/cluster_features.py``); -1 marks an image without a label (VISSL's ``ignore_index``).
+
+    The file is read without unpickling. Its length must equal the data set's, else a ``DatasetError``
+    names both numbers and the file.
+    """
+    try:
+        with PathManager.open(labels_file, "rb") as f:
+            labels = np.load(f, allow_pickle=False)
+    except FileNotFoundError as e:
+        raise DatasetError(f"labels file {labels_file!r} does not exist") from e
+    except ValueError as e:  # not a .npy file, or an object array that would need unpickling
+        raise DatasetError(f"labels file {labels_file!r} is not a .npy array of integers: {e}") from e
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise DatasetError(
+            f"labels file {labels_file!r} holds a {labels.dtype} array of shape {labels.shape}: need one "
+            f"integer label per image, shape (N,)"
+        )
+    if len(labels) != len(dataset):
+        raise DatasetError(
+            f"labels file {labels_file!r} holds {len(labels)} labels, but {dataset_name} has {len(dataset)} "
+            f"images: need one label per image, in data set order"
+        )
+    return [dict(d, label=int(y)) for d, y in zip(dataset, labels)]
 
 
 def _read_lines(path: str) -> list[tuple[int, str]]:
