@@ -67,9 +67,104 @@ MEMORY_DEFAULTS = {
     "norm_init": True,
     "update_mem_on_forward": True,
     "init_seed": 0,
+    "dtype": "float32",
 }
 # lemniscate/VISSL add float32's epsilon to the NCE denominators.
 NCE_EPS = float(np.finfo(np.float32).eps)
+
+
+SCORINGS = ("auto", "gather", "bank")
+BANK_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# "auto" scores against the whole bank when it has fewer than this many rows per gathered row of one
+# sample: a dense (B, N) matrix product runs ~40x more multiply-adds per second than gathering rows
+# (measured on CPU; the ratio is higher on GPUs), so it wins up to about N = 16 (K + 1).
+BANK_SCORING_ROWS_PER_NEGATIVE = 16
+# Rows gathered at once by the chunked paths (16k rows of 128 floats: 8 MiB, cache-sized) and entries
+# of one (b, N) block of whole-bank scores (32 Mi floats: 128 MiB): what bounds the extra memory.
+GATHER_CHUNK_ROWS = 16384
+BANK_CHUNK_ENTRIES = 1 << 25
+
+
+def _chunks(batch: int, per_row: int, budget: int) -> list[tuple[int, int]]:
+    step = max(1, budget // max(per_row, 1))
+    return [(i, min(i + step, batch)) for i in range(0, batch, step)]
+
+
+def _gathered_scores(v: torch.Tensor, memory: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    # A few samples at a time: their (b, K+1, D) rows stay in cache, instead of one (B, K+1, D) tensor
+    # (2 GiB at B 256, K 16000) written then read back. index_select on flat indices, not memory[rows].
+    out = torch.empty(rows.shape, dtype=v.dtype, device=v.device)
+    for lo, hi in _chunks(rows.shape[0], rows.shape[1], GATHER_CHUNK_ROWS):
+        w = memory.index_select(0, rows[lo:hi].flatten()).view(hi - lo, rows.shape[1], -1)
+        out[lo:hi] = torch.bmm(w.to(v.dtype), v[lo:hi].unsqueeze(2)).squeeze(2)
+    return out
+
+
+def _whole_bank_scores(v: torch.Tensor, memory: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    out = torch.empty(rows.shape, dtype=v.dtype, device=v.device)
+    for lo, hi in _chunks(rows.shape[0], memory.shape[0], BANK_CHUNK_ENTRIES):
+        out[lo:hi] = (v[lo:hi] @ memory.T.to(v.dtype)).gather(1, rows[lo:hi])
+    return out
+
+
+def bank_rows_weighted_sum(weights: torch.Tensor, memory: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``out[b] = sum_k weights[b, k] * memory[rows[b, k]]``, ``(B, D)`` in ``weights``' dtype: the
+    gradient of :func:`bank_scores` for the embeddings, without a gathered ``(B, R, D)`` tensor."""
+    if memory.dtype == weights.dtype:
+        return F.embedding_bag(rows, memory, mode="sum", per_sample_weights=weights.contiguous())
+    out = weights.new_empty(rows.shape[0], memory.shape[1])
+    for lo, hi in _chunks(rows.shape[0], rows.shape[1], GATHER_CHUNK_ROWS):
+        w = memory.index_select(0, rows[lo:hi].flatten()).view(hi - lo, rows.shape[1], -1)
+        out[lo:hi] = torch.bmm(weights[lo:hi].unsqueeze(1), w.to(weights.dtype)).squeeze(1)
+    return out
+
+
+def score_dtype(memory: torch.Tensor) -> torch.dtype:
+    """Scores are computed in the bank's precision, at least float32 (a half-precision bank is read
+    into float32: exp(v.m / T) overflows fp16)."""
+    return torch.promote_types(memory.dtype, torch.float32)
+
+
+@torch.no_grad()
+def bank_scores(
+    embedding: torch.Tensor, memory: torch.Tensor, rows: torch.Tensor, scoring: str = "auto"
+) -> torch.Tensor:
+    """Scores ``(B, R)`` (in :func:`score_dtype`) of ``(B, D)`` embeddings against bank rows ``rows``
+    ``(B, R)`` of ``memory`` ``(N, D)`` (float32, or a half-precision bank scored in float32). No
+    autograd graph: the loss gets its gradient from :func:`bank_rows_weighted_sum`.
+
+    Equal (to float32 rounding) to VISSL's ``torch.bmm(memory[rows], v)``, without materialising the
+    ``(B, R, D)`` gathered rows: ``"gather"`` scores a few samples' rows at a time; ``"bank"`` multiplies
+    by the whole bank in ``(b, N)`` blocks and picks the ``R`` scores of each row, fastest when the bank
+    is small next to the gathered rows; ``"auto"`` picks by ``BANK_SCORING_ROWS_PER_NEGATIVE``.
+    """
+    if scoring not in SCORINGS:
+        raise ValueError(f"scoring must be one of {SCORINGS}, got {scoring!r}")
+    v = embedding.to(score_dtype(memory))
+    if scoring == "auto":
+        small_bank = memory.shape[0] < BANK_SCORING_ROWS_PER_NEGATIVE * rows.shape[1]
+        whole_bank = small_bank and memory.dtype == v.dtype
+    else:
+        whole_bank = scoring == "bank"
+    return (_whole_bank_scores if whole_bank else _gathered_scores)(v, memory, rows)
+
+
+class _PrecomputedGradient(torch.autograd.Function):
+    """Returns ``value`` (0-dim) with ``d value / d v = grad_v``, computed in the forward pass.
+
+    The bank rows a loss was scored against are updated in place right after scoring; computing the
+    gradient then (a weighted sum of the same rows) needs neither a saved copy of the ``(B, K+1, D)``
+    rows, as autograd through ``memory[rows]`` keeps, nor the bank as it was."""
+
+    @staticmethod
+    def forward(ctx, v: torch.Tensor, value: torch.Tensor, grad_v: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(grad_v)
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        (grad_v,) = ctx.saved_tensors
+        return grad_output * grad_v, None, None
 
 
 def _with_defaults(name: str, given: Mapping | None, defaults: dict) -> dict:
@@ -98,7 +193,11 @@ class NCELossWithMemory(nn.Module):
         memory_params: ``memory_size`` (``-1``: ``num_train_samples``), ``embedding_dim`` (128),
             ``momentum`` (0.5), ``norm_init`` (True: unit-norm initial rows),
             ``update_mem_on_forward`` (True), ``init_seed`` (0; d2ssl's addition: the seed of the
-            initial bank, the same on every rank).
+            initial bank, the same on every rank), ``dtype`` (``"float32"``; ``"float16"`` or
+            ``"bfloat16"`` halve the bank's memory and gather traffic; scores, the loss and the update
+            arithmetic stay float32, only the stored rows are rounded).
+        scoring: how scores are computed, ``"auto"``, ``"gather"`` or ``"bank"`` (see
+            :func:`bank_scores`); the same scores to float32 rounding either way.
     """
 
     def __init__(
@@ -112,6 +211,7 @@ class NCELossWithMemory(nn.Module):
         update_mem_with_emb_index: int = -100,
         negative_sampling_params: Mapping | None = None,
         memory_params: Mapping | None = None,
+        scoring: str = "auto",
     ):
         super().__init__()
         sampling = _with_defaults(
@@ -157,6 +257,12 @@ class NCELossWithMemory(nn.Module):
                 f"of the {len(loss_weights)} embeddings (0..{len(loss_weights) - 1}), got "
                 f"{update_mem_with_emb_index}: the bank would never be updated"
             )
+        if scoring not in SCORINGS:
+            raise ValueError(f"scoring must be one of {SCORINGS}, got {scoring!r}")
+        if memory["dtype"] not in BANK_DTYPES:
+            raise ValueError(
+                f"memory_params.dtype must be one of {sorted(BANK_DTYPES)}, got {memory['dtype']!r}"
+            )
         if norm_constant != -1 and not norm_constant > 0:
             raise ValueError(f"norm_constant must be -1 (estimate) or positive, got {norm_constant}")
 
@@ -170,7 +276,9 @@ class NCELossWithMemory(nn.Module):
         self.num_negatives = num_negatives
         self.exclude_positive = bool(sampling["exclude_positive"])
         self.momentum = float(memory["momentum"])
-        self.register_buffer("memory", self._initial_memory(memory_size, memory))
+        self.scoring = scoring
+        bank = self._initial_memory(memory_size, memory).to(BANK_DTYPES[memory["dtype"]])
+        self.register_buffer("memory", bank)
         # float64: exp(1 / T) * N overflows float32 for small temperatures.
         self.register_buffer("norm_constant", torch.tensor(float(norm_constant), dtype=torch.float64))
         self._checked_ranks_agree = False
@@ -223,10 +331,35 @@ class NCELossWithMemory(nn.Module):
 
     def logits(self, embedding: torch.Tensor, indices: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
         """``(B, D)`` embedding (already normalised if wanted) -> ``(B, 1 + K)`` scores ``v.m / T`` of
-        the positive (column 0) and the negatives."""
-        rows = torch.cat([indices.view(-1, 1), negatives], dim=1)
-        weight = self.memory[rows]  # (B, 1 + K, D); the bank is a buffer, so no gradient flows into it
-        return torch.bmm(weight, embedding.unsqueeze(2)).squeeze(2) / self.temperature
+        the positive (column 0) and the negatives (see :func:`bank_scores`); no autograd graph."""
+        rows = self._rows(indices, negatives)
+        return bank_scores(embedding, self.memory, rows, self.scoring) / self.temperature
+
+    @staticmethod
+    def _rows(indices: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
+        return torch.cat([indices.view(-1, 1), negatives], dim=1)
+
+    def _loss_of_logits(self, logits: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        if self.loss_type == "nce":
+            return self.nce(logits)
+        return F.cross_entropy(logits, torch.zeros_like(indices))
+
+    def _scored_loss(self, v: torch.Tensor, indices: torch.Tensor, negatives: torch.Tensor, suffix: str):
+        """The loss of one ``(B, D)`` embedding ``v``, with its gradient for ``v`` taken against the bank
+        as scored (before this step's update)."""
+        rows = self._rows(indices, negatives)
+        logits = bank_scores(v.detach(), self.memory, rows, self.scoring) / self.temperature
+        log_metrics(**{f"nce_top1{suffix}": (logits.argmax(dim=1) == 0).float().mean()})
+        if self.loss_type == "nce" and self.norm_constant.item() < 0:
+            self.estimate_norm_constant(logits)
+        if not (v.requires_grad and torch.is_grad_enabled()):
+            return self._loss_of_logits(logits, indices)
+        with torch.enable_grad():
+            logits.requires_grad_(True)
+            loss = self._loss_of_logits(logits, indices)
+            (grad_logits,) = torch.autograd.grad(loss, logits)
+        grad_v = bank_rows_weighted_sum(grad_logits / self.temperature, self.memory, rows)
+        return _PrecomputedGradient.apply(v, loss.detach(), grad_v)
 
     def nce(self, logits: torch.Tensor) -> torch.Tensor:
         """NCE loss of ``(B, 1 + K)`` logits, in log space (exact, and safe from overflow at low T)."""
@@ -251,7 +384,8 @@ class NCELossWithMemory(nn.Module):
     @torch.no_grad()
     def update_memory(self, embedding: torch.Tensor, indices: torch.Tensor) -> None:
         """``m_y <- normalize(momentum * m_y + (1 - momentum) * v)`` for the rows of every rank's batch."""
-        v = all_gather_rows(embedding.detach().to(self.memory.dtype))
+        dtype = score_dtype(self.memory)
+        v = all_gather_rows(embedding.detach().to(dtype))
         y = all_gather_rows(indices)
         # An image can appear twice in one global batch (epoch boundary). index_copy_ with repeated
         # indices keeps an unspecified one (nondeterministic on GPU), which could differ between ranks:
@@ -261,9 +395,9 @@ class NCELossWithMemory(nn.Module):
             positions = torch.arange(y.numel(), device=y.device)
             last = torch.full_like(unique, -1).scatter_reduce(0, inverse, positions, reduce="amax")
             v, y = v[last], y[last]
-        rows = self.memory.index_select(0, y)
+        rows = self.memory.index_select(0, y).to(dtype)
         updated = F.normalize(rows * self.momentum + v * (1 - self.momentum), dim=1)
-        self.memory.index_copy_(0, y, updated)
+        self.memory.index_copy_(0, y, updated.to(self.memory.dtype))
 
     def weighted_terms(
         self,
@@ -292,19 +426,11 @@ class NCELossWithMemory(nn.Module):
         # Scores and probabilities in the bank's precision even under autocast: exp(v.m / T) overflows fp16.
         with torch.autocast(device_type=self.memory.device.type, enabled=False):
             for l_idx, embedding in enumerate(embeddings):
-                v = embedding.to(self.memory.dtype)
+                v = embedding.to(score_dtype(self.memory))
                 if self.norm_embedding:
                     v = F.normalize(v, dim=1)
                 neg = negatives[l_idx] if negatives is not None else self.sample_negatives(indices)
-                logits = self.logits(v, indices, neg)
-                suffix = f"_{names[l_idx]}" if names else ""
-                log_metrics(**{f"nce_top1{suffix}": (logits.detach().argmax(dim=1) == 0).float().mean()})
-                if self.loss_type == "nce":
-                    if self.norm_constant.item() < 0:
-                        self.estimate_norm_constant(logits)
-                    loss = self.nce(logits)
-                else:
-                    loss = F.cross_entropy(logits, torch.zeros_like(indices))
+                loss = self._scored_loss(v, indices, neg, f"_{names[l_idx]}" if names else "")
                 terms.append(self.loss_weights[l_idx] * loss)
                 if self.update_mem_on_forward or l_idx == self.update_mem_with_emb_index:
                     self.update_memory(v, indices)

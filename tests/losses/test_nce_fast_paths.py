@@ -1,0 +1,112 @@
+"""The chunked-gather and whole-bank scoring paths of NCELossWithMemory give the loss, gradients and
+bank of the straightforward gather (``memory[rows]`` then ``bmm``, as VISSL and the previous d2ssl did)."""
+
+import math
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+import d2ssl.losses.nce as nce_module
+from d2ssl.losses.nce import NCELossWithMemory
+
+N, D, B, K = 300, 16, 8, 40
+
+
+def straightforward_step(loss: NCELossWithMemory, memory, embeddings, indices, negatives, weights):
+    """One step of the previous implementation: advanced-indexing gather, autograd through bmm, update."""
+    memory = memory.clone()
+    total = 0.0
+    for l_idx, (embedding, neg) in enumerate(zip(embeddings, negatives)):
+        v = F.normalize(embedding, dim=1)
+        rows = torch.cat([indices.view(-1, 1), neg], dim=1)
+        logits = torch.bmm(memory[rows], v.unsqueeze(2)).squeeze(2) / loss.temperature
+        if loss.loss_type == "nce":
+            log_p = logits - math.log(float(loss.norm_constant))
+            noise = neg.shape[1] / memory.shape[0]
+            log_den = torch.logaddexp(log_p, log_p.new_tensor(math.log(noise + nce_module.NCE_EPS)))
+            term = -(log_p[:, 0] - log_den[:, 0] + (math.log(noise) - log_den[:, 1:]).sum(dim=1)).mean()
+        else:
+            term = F.cross_entropy(logits, torch.zeros_like(indices))
+        total = total + weights[l_idx] * term
+        with torch.no_grad():
+            memory[indices] = F.normalize(memory[indices] * loss.momentum + v * (1 - loss.momentum), dim=1)
+    return total, memory
+
+
+def make_inputs(num_embeddings: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    indices = torch.randperm(N, generator=g)[:B]
+    embeddings = [torch.randn(B, D, generator=g, requires_grad=True) for _ in range(num_embeddings)]
+    negatives = [torch.randint(0, N, (B, K), generator=g) for _ in range(num_embeddings)]
+    return embeddings, indices, negatives
+
+
+@pytest.mark.parametrize("scoring", ["gather", "bank", "auto"])
+@pytest.mark.parametrize(
+    "loss_type, weights", [("nce", [1.0]), ("cross_entropy", [0.5, 0.5]), ("nce", [0.3, 0.7])]
+)
+@pytest.mark.parametrize("small_chunks", [False, True])
+def test_fast_scoring_equals_straightforward_gather(monkeypatch, scoring, loss_type, weights, small_chunks):
+    if small_chunks:  # several chunks per batch in both paths
+        monkeypatch.setattr(nce_module, "GATHER_CHUNK_ROWS", 2 * (K + 1))
+        monkeypatch.setattr(nce_module, "BANK_CHUNK_ENTRIES", 3 * N)
+    loss = NCELossWithMemory(
+        N, loss_type=loss_type, loss_weights=weights, norm_constant=50.0, scoring=scoring,
+        negative_sampling_params={"num_negatives": K}, memory_params={"embedding_dim": D},
+    )
+    embeddings, indices, negatives = make_inputs(len(weights))
+    ref_embeddings = [e.detach().clone().requires_grad_() for e in embeddings]
+    ref_total, ref_memory = straightforward_step(
+        loss, loss.memory, ref_embeddings, indices, negatives, weights
+    )
+    ref_total.backward()
+
+    total = loss(embeddings, indices, negatives)
+    total.backward()
+    torch.testing.assert_close(total, ref_total.detach(), rtol=1e-6, atol=0)
+    for e, r in zip(embeddings, ref_embeddings):
+        torch.testing.assert_close(e.grad, r.grad, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(loss.memory, ref_memory, rtol=1e-6, atol=1e-7)
+
+
+def test_auto_scores_small_banks_whole_and_large_banks_by_gathering(monkeypatch):
+    used = []
+
+    def recorder(name):
+        return lambda v, memory, rows: used.append(name) or torch.zeros(rows.shape)
+
+    monkeypatch.setattr(nce_module, "_whole_bank_scores", recorder("bank"))
+    monkeypatch.setattr(nce_module, "_gathered_scores", recorder("gather"))
+    memory, v = torch.randn(1000, D), torch.randn(2, D)
+    nce_module.bank_scores(v, memory, torch.zeros(2, 100, dtype=torch.long))  # 1000 < 16 * 100 rows
+    nce_module.bank_scores(v, memory, torch.zeros(2, 10, dtype=torch.long))  # 1000 > 16 * 10
+    assert used == ["bank", "gather"]
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_bank_scores_in_float32_close_to_float32_bank(dtype):
+    kwargs = dict(negative_sampling_params={"num_negatives": K}, memory_params={"embedding_dim": D})
+    full = NCELossWithMemory(N, norm_constant=50.0, **kwargs)
+    kwargs["memory_params"] = {"embedding_dim": D, "dtype": dtype}
+    half = NCELossWithMemory(N, norm_constant=50.0, **kwargs)
+    assert half.memory.dtype == getattr(torch, dtype) and half.memory.element_size() == 2
+    half.memory.copy_(full.memory)
+    full.memory.copy_(half.memory.float())  # same rounded start: only the scoring precision differs
+    embeddings, indices, negatives = make_inputs(1)
+    e_half = [embeddings[0].detach().clone().requires_grad_()]
+    loss_full, loss_half = full(embeddings, indices, negatives), half(e_half, indices, negatives)
+    assert loss_half.dtype == torch.float32
+    loss_full.backward()
+    loss_half.backward()
+    torch.testing.assert_close(loss_half, loss_full.detach(), rtol=1e-5, atol=0)
+    torch.testing.assert_close(e_half[0].grad, embeddings[0].grad, rtol=1e-4, atol=1e-6)
+    tol = 1e-2 if dtype == "bfloat16" else 1e-3  # one rounding of the updated rows
+    torch.testing.assert_close(half.memory.float(), full.memory, rtol=0, atol=tol)
+
+
+def test_unknown_scoring_and_bank_dtype_are_rejected():
+    with pytest.raises(ValueError, match="scoring"):
+        NCELossWithMemory(N, scoring="dense", negative_sampling_params={"num_negatives": K})
+    with pytest.raises(ValueError, match="memory_params.dtype"):
+        NCELossWithMemory(N, memory_params={"dtype": "int8"}, negative_sampling_params={"num_negatives": K})
