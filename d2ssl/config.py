@@ -91,6 +91,55 @@ def check_num_train_samples(node: Any, num_samples: int, path: str = "model") ->
         check_num_train_samples(value, num_samples, child_path)
 
 
+# ``key=folder:PATH`` etc. on the command line: the data set call each shorthand stands for, and the
+# argument the text after the colon goes to. Detection configs keep detectron2's catalog loader.
+DATASET_SHORTHANDS = {
+    "folder": ("d2ssl.data.datasets.load_image_folder", "root"),
+    "list": ("d2ssl.data.datasets.load_image_list", "list_file"),
+    "catalog": ("d2ssl.data.datasets.get_dataset_dicts", "names"),
+}
+_DETECTION_CATALOG = "detectron2.data.build.get_detection_dataset_dicts"
+
+
+def dataset_shorthand(value: Any, current: Any = None) -> DictConfig | None:
+    """The ``L(...)`` data set node a command-line shorthand stands for, or ``None`` if ``value`` is
+    not one: ``folder:PATH`` (``load_image_folder(root=PATH)``), ``list:FILE``
+    (``load_image_list(list_file=FILE)``), ``catalog:NAME[,NAME...]`` (``get_dataset_dicts(names=[...])``,
+    or detectron2's ``get_detection_dataset_dicts`` where ``current`` is such a node). The node is
+    new: no argument of the node it replaces lingers (set more with later ``key=value`` overrides)."""
+    if not isinstance(value, str):
+        return None
+    kind, sep, rest = value.strip().strip("'\"").partition(":")
+    if not sep or kind not in DATASET_SHORTHANDS or not rest:
+        return None
+    target, argument = DATASET_SHORTHANDS[kind]
+    if kind == "catalog":
+        now = current.get("_target_") if isinstance(current, (DictConfig, dict)) else None
+        now = now if isinstance(now, str) else getattr(now, "__name__", "")
+        if now.endswith("get_detection_dataset_dicts"):
+            target = _DETECTION_CATALOG
+        return DictConfig({"_target_": target, argument: [n.strip() for n in rest.split(",") if n.strip()]})
+    return DictConfig({"_target_": target, argument: rest})
+
+
+def instantiate_dataset(node: DictConfig, key: str) -> Any:
+    """``instantiate(node)``; an error naming a path or name that an argument of ``node`` holds (a
+    missing root folder, list file or data set name) is re-raised as ``ConfigError`` naming the
+    config key too (``dataloader.train.dataset.root='/data/x': image folder '/data/x' does not exist``)."""
+    from detectron2.config import instantiate
+
+    try:
+        return instantiate(node)
+    except (ValueError, OSError) as e:
+        for name in node.keys():
+            value = node[name]
+            values = list(value) if isinstance(value, ListConfig) else [value]
+            culprit = next((v for v in values if isinstance(v, str) and v and v in str(e)), None)
+            if name != "_target_" and culprit is not None:
+                raise ConfigError(f"{key}.{name}={value!r}: {e}") from e
+        raise
+
+
 def check_call_arguments(cfg: Any, config_file: str = "<config>", path: str = "") -> None:
     """Checks the arguments of every ``L(target)(...)`` node under ``cfg`` against ``target``'s
     signature: unknown names and wrongly typed literals raise ``ConfigError``."""

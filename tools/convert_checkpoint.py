@@ -14,6 +14,7 @@ constructor printed) loads with strict=True, with a zero fc when the checkpoint 
 import argparse
 
 from d2ssl.checkpoint.export import EXPORT_FORMATS, convert_checkpoint
+from d2ssl.utils.errors import reporting_errors
 
 
 def cli() -> None:
@@ -28,9 +29,17 @@ def cli() -> None:
     parser.add_argument("--remove-prefix", default=None, help="prefix stripped from the keys first")
     parser.add_argument("--num-classes", type=int, default=None,
                         help="outputs of torchvision's fc when one is made (default 1000)")
+    parser.add_argument("--allow-pickle", action="store_true",
+                        help="unpickle Python objects besides tensors (runs code stored in the file: "
+                             "trusted files only)")
+    parser.add_argument("--debug", action="store_true", help="print the traceback of an error")
     args = parser.parse_args()
-    print(convert_checkpoint(args.input, args.output, args.to, state_dict_key_name=args.state_dict_key_name,
-                             remove_prefix=args.remove_prefix, num_classes=args.num_classes))
+    with reporting_errors(debug=args.debug):
+        summary = convert_checkpoint(
+            args.input, args.output, args.to, state_dict_key_name=args.state_dict_key_name,
+            remove_prefix=args.remove_prefix, num_classes=args.num_classes, allow_pickle=args.allow_pickle,
+        )
+    print(summary)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,10 @@ train = dict(
         SKIP_LAYERS=["num_batches_tracked"],
         REMOVE_PREFIX="",
         APPEND_PREFIX="",  # where the detectron2-named weights go; empty: the model's trunk
+        # d2ssl's own safety switch (not a VISSL field): True lets weights_init, init_checkpoint and
+        # resume unpickle Python objects besides tensors, which runs code stored in the file. Trusted
+        # files only; --allow-pickle on the command line sets it.
+        ALLOW_PICKLE=False,
     ),
     max_iter=90000,
     # If set, max_iter = ceil(epochs * data set size / total_batch_size), computed at start.

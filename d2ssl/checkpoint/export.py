@@ -27,6 +27,7 @@ from detectron2.utils.file_io import PathManager
 from d2ssl.checkpoint.layouts import TrunkWeights, detectron2_to_torchvision_key, find_trunk
 from d2ssl.checkpoint.load import find_trunk_in_file, resnet_location
 from d2ssl.modeling.backbone import RESNET_DEPTHS
+from d2ssl.utils.safe_io import atomic_write
 
 AUTHOR = "d2ssl"
 EXPORT_FORMATS = ("detectron2", "torchvision")
@@ -116,10 +117,15 @@ def convert_checkpoint(
     state_dict_key_name: str | Sequence[str] | None = None,
     remove_prefix: str | None = None,
     num_classes: int | None = None,
+    allow_pickle: bool = False,
 ) -> str:
     """Reads a checkpoint of any known layout and writes its ResNet for ``to`` (``detectron2`` or
     ``torchvision``); returns a one-line summary. detectron2 output must be a ``.pkl`` (detectron2
-    applies the name-matching heuristics only to pickles)."""
+    applies the name-matching heuristics only to pickles).
+
+    The output is written atomically with a ``.sha256`` beside it: a refused conversion (or a crash)
+    leaves an existing ``output_file`` as it was. ``allow_pickle`` lets the input hold Python objects
+    besides tensors (unpickling them runs code stored in the file: trusted files only)."""
     if to not in EXPORT_FORMATS:
         raise ExportError(f"--to must be one of {EXPORT_FORMATS}, got {to!r}")
     if to == "detectron2" and not output_file.endswith(".pkl"):
@@ -127,17 +133,17 @@ def convert_checkpoint(
             f"detectron2 output {output_file!r} must end with .pkl: DetectionCheckpointer reads other files "
             f"as full detectron2 checkpoints and would not match the trunk's names"
         )
-    trunk, where = find_trunk_in_file(input_file, state_dict_key_name, remove_prefix)
+    trunk, where = find_trunk_in_file(input_file, state_dict_key_name, remove_prefix, allow_pickle)
+    # Everything that can refuse the conversion runs before the output is touched.
+    if to == "detectron2":
+        content, save = to_detectron2(trunk), pickle.dump
+        use = "set MODEL.WEIGHTS / train.init_checkpoint to it"
+    else:
+        (content, arch), save = to_torchvision(trunk, num_classes), torch.save
+        use = f"load with torchvision.models.{arch}().load_state_dict(torch.load(...), strict=True)"
     if os.path.dirname(output_file):
         PathManager.mkdirs(os.path.dirname(output_file))
-    with PathManager.open(output_file, "wb") as f:
-        if to == "detectron2":
-            pickle.dump(to_detectron2(trunk), f)
-            use = "set MODEL.WEIGHTS / train.init_checkpoint to it"
-        else:
-            state_dict, arch = to_torchvision(trunk, num_classes)
-            torch.save(state_dict, f)
-            use = f"load with torchvision.models.{arch}().load_state_dict(torch.load(...), strict=True)"
+    atomic_write(output_file, lambda f: save(content, f), mode="wb", checksum=True)
     return (
         f"{input_file} ({trunk.layout} layout, ResNet at '{resnet_location(where, trunk.prefix)}', "
         f"{len(trunk.trunk)} tensors, {len(trunk.unused)} entries outside it) -> {output_file} ({to}): "

@@ -23,25 +23,29 @@ from tabulate import tabulate
 from torch import nn
 
 from d2ssl.checkpoint.layouts import TrunkWeights, UnknownLayoutError, as_tensor, find_trunk
+from d2ssl.utils.safe_io import CorruptFileError, UnsafeFileError, load_weights_file
 
 logger = logging.getLogger("d2ssl")
 
 # Wrappers around the state dict, in the order they are looked for: VISSL, VISSL's converted files,
 # JigClu / MoCo / most PyTorch training scripts, detectron2 / d2ssl.
 STATE_DICT_WRAPPERS = ("classy_state_dict", "model_state_dict", "state_dict", "model")
-WEIGHTS_INIT_FIELDS = ("PARAMS_FILE", "STATE_DICT_KEY_NAME", "SKIP_LAYERS", "REMOVE_PREFIX", "APPEND_PREFIX")
+WEIGHTS_INIT_FIELDS = (
+    "PARAMS_FILE", "STATE_DICT_KEY_NAME", "SKIP_LAYERS", "REMOVE_PREFIX", "APPEND_PREFIX", "ALLOW_PICKLE",
+)
 
 
 class WeightsLoadError(ValueError):
     """Weights cannot be loaded; the message names the file and the first keys that did not match."""
 
 
-def read_checkpoint(path: str) -> Any:
+def read_checkpoint(path: str, allow_pickle: bool = False) -> Any:
     """Reads a checkpoint from any iopath URI: detectron2 ``.pkl`` pickles or ``torch.save`` files.
 
-    ``torch.load`` first runs with ``weights_only=True``; files that also hold other Python objects
-    (VISSL's and some MoCo checkpoints) are then read in full, with a warning, since that executes
-    whatever the file's pickle says: only load files you trust.
+    The file's integrity is checked first (``d2ssl.utils.safe_io.verify_integrity``). Only tensors,
+    numpy arrays and plain containers are unpickled; files that also hold other Python objects (some
+    VISSL and MoCo checkpoints) are refused naming what they hold, unless ``allow_pickle``, which
+    runs whatever code the file's pickle holds: only for files you trust.
     """
     try:
         local = PathManager.get_local_path(path)
@@ -49,17 +53,15 @@ def read_checkpoint(path: str) -> Any:
         raise WeightsLoadError(f"cannot fetch weights file {path!r}: {e}") from e
     if not os.path.isfile(local):
         raise WeightsLoadError(f"weights file {path!r} does not exist")
-    if local.endswith(".pkl"):
-        with open(local, "rb") as f:
-            return pickle.load(f, encoding="latin1")
     try:
-        return torch.load(local, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        logger.warning(
-            "%s holds Python objects besides tensors; reading it with weights_only=False, which runs code "
-            "stored in the file: only load files you trust", path,
-        )
-        return torch.load(local, map_location="cpu", weights_only=False)
+        return load_weights_file(path, allow_pickle)
+    except (CorruptFileError, UnsafeFileError) as e:
+        raise WeightsLoadError(str(e)) from e
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
+        raise WeightsLoadError(
+            f"cannot read weights file {path!r}: {type(e).__name__}: {str(e)[:300]}; the file is truncated, "
+            f"corrupted or not a checkpoint"
+        ) from e
 
 
 def _is_tensor_like(value: Any) -> bool:
@@ -109,10 +111,12 @@ def unwrap_state_dict(
 
 
 def find_trunk_in_file(
-    params_file: str, state_dict_key_name: str | Sequence[str] | None = None, remove_prefix: str | None = None
+    params_file: str, state_dict_key_name: str | Sequence[str] | None = None,
+    remove_prefix: str | None = None,
+    allow_pickle: bool = False,
 ) -> tuple[TrunkWeights, str]:
     """Reads ``params_file`` and returns the ResNet found in it, with where its state dict was."""
-    state_dict, where = read_state_dict(params_file, state_dict_key_name, remove_prefix)
+    state_dict, where = read_state_dict(params_file, state_dict_key_name, remove_prefix, allow_pickle)
     try:
         return find_trunk(state_dict), where
     except UnknownLayoutError as e:
@@ -120,10 +124,13 @@ def find_trunk_in_file(
 
 
 def read_state_dict(
-    params_file: str, state_dict_key_name: str | Sequence[str] | None = None, remove_prefix: str | None = None
+    params_file: str, state_dict_key_name: str | Sequence[str] | None = None,
+    remove_prefix: str | None = None,
+    allow_pickle: bool = False,
 ) -> tuple[dict[str, Any], str]:
     """``unwrap_state_dict`` of the file's content, with ``remove_prefix`` stripped from its keys."""
-    state_dict, where = unwrap_state_dict(read_checkpoint(params_file), state_dict_key_name, params_file)
+    checkpoint = read_checkpoint(params_file, allow_pickle)
+    state_dict, where = unwrap_state_dict(checkpoint, state_dict_key_name, params_file)
     if remove_prefix:
         n = len(remove_prefix)
         state_dict = {k[n:] if k.startswith(remove_prefix) else k: v for k, v in state_dict.items()}
@@ -192,6 +199,7 @@ def load_pretrained_weights(
     skip_layers: Sequence[str] = ("num_batches_tracked",),
     remove_prefix: str | None = None,
     append_prefix: str | None = None,
+    allow_pickle: bool = False,
 ) -> LoadReport:
     """Copies the ResNet of ``params_file`` into ``model``'s trunk and logs what happened.
 
@@ -208,6 +216,8 @@ def load_pretrained_weights(
         append_prefix: where in the model the (detectron2-named) weights go, instead of the trunk
             found automatically; with it, a state dict holding no recognisable ResNet is loaded
             under its own names.
+        allow_pickle: unpickle Python objects other than tensors and arrays too, which runs code
+            stored in the file (VISSL's ``ALLOW_PICKLE`` has no counterpart; trusted files only).
 
     Returns:
         a ``LoadReport``, also logged as a table.
@@ -216,7 +226,7 @@ def load_pretrained_weights(
         WeightsLoadError: the file is missing or unreadable, or nothing was loaded; the message names
             the file and the first keys that did not match.
     """
-    state_dict, where = read_state_dict(params_file, state_dict_key_name, remove_prefix)
+    state_dict, where = read_state_dict(params_file, state_dict_key_name, remove_prefix, allow_pickle)
     model_state = model.state_dict()
     try:
         found = find_trunk(state_dict)
@@ -287,4 +297,5 @@ def load_weights_init(model: nn.Module, weights_init: Mapping[str, Any] | None) 
         skip_layers=tuple(weights_init.get("SKIP_LAYERS") or ()),
         remove_prefix=weights_init.get("REMOVE_PREFIX") or None,
         append_prefix=weights_init.get("APPEND_PREFIX") or None,
+        allow_pickle=bool(weights_init.get("ALLOW_PICKLE", False)),
     )

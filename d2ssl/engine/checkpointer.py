@@ -9,6 +9,12 @@
   (missing, unexpected or differently shaped tensors; no trainer state), where detectron2 only warns
   and loads what fits. Initialising from ``train.init_checkpoint`` may leave some tensors untouched
   (a trunk-only file), but a shape mismatch or a file sharing no tensor with the model is an error.
+- Integrity: each saved checkpoint gets a ``<name>.pth.sha256`` beside it; every file loaded
+  (resume, ``train.init_checkpoint``) must match its checksum if it has one and pass the CRC32 checks
+  of its zip container (``d2ssl.utils.safe_io.verify_integrity``). Resuming from a damaged or
+  unreadable file falls back, with a warning, to the newest other complete checkpoint in the folder.
+- No code from files: ``torch.load(weights_only=True)`` and, for ``.pkl`` files, an unpickler that
+  builds only numpy arrays and containers, unless ``allow_pickle`` (``--allow-pickle``).
 - Unreadable files (truncated, corrupted, missing) raise ``CheckpointLoadError`` naming the file.
 """
 
@@ -16,16 +22,30 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
+
+from d2ssl.utils.safe_io import (
+    CHECKSUM_SUFFIX,
+    CorruptFileError,
+    UnsafeFileError,
+    atomic_write,
+    load_pickle_file,
+    load_torch_file,
+    verify_integrity,
+)
 
 _MODULE_PREFIX = "module."  # added by DataParallel / DistributedDataParallel
 
 
 class CheckpointLoadError(RuntimeError):
     """A checkpoint cannot be read or does not fit the model; the message names the file."""
+
+
+class DamagedCheckpointError(CheckpointLoadError):
+    """A checkpoint file is damaged, truncated, unreadable or unsafe: nothing of it was loaded."""
 
 
 def non_finite_tensors(state: Mapping[str, Any]) -> list[str]:
@@ -43,11 +63,13 @@ def _examples(keys: list, limit: int = 5) -> str:
 
 class AtomicCheckpointer(DetectionCheckpointer):
     """``DetectionCheckpointer`` with atomic saves, a non-finite guard and strict resume (see the
-    module docstring). A drop-in replacement: same constructor, ``save``, ``resume_or_load``."""
+    module docstring). A drop-in replacement: same constructor, ``save``, ``resume_or_load``;
+    ``allow_pickle=True`` unpickles files in full (runs the code they hold: trusted files only)."""
 
     def __init__(self, model: torch.nn.Module, save_dir: str = "", *, save_to_disk: bool | None = None,
-                 **checkpointables: Any):
+                 allow_pickle: bool = False, **checkpointables: Any):
         super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
+        self.allow_pickle = allow_pickle
         self._loading: str | None = None
         self._resuming = False
 
@@ -69,30 +91,20 @@ class AtomicCheckpointer(DetectionCheckpointer):
         data.update(kwargs)
         self.path_manager.mkdirs(self.save_dir)
         self.logger.info(f"Saving checkpoint to {save_file}")
-        self._write_atomically(save_file, lambda f: torch.save(data, f), mode="wb")
+        atomic_write(save_file, lambda f: torch.save(data, f), mode="wb", checksum=True)
         self.tag_last_checkpoint(basename)
+        self._remove_stale_checksums()
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         save_file = os.path.join(self.save_dir, "last_checkpoint")
-        self._write_atomically(save_file, lambda f: f.write(last_filename_basename), mode="w")
+        atomic_write(save_file, lambda f: f.write(last_filename_basename), mode="w")
 
-    def _write_atomically(self, path: str, write: Callable[[Any], Any], mode: str) -> None:
-        tmp = path + ".tmp"
-        with self.path_manager.open(tmp, mode) as f:
-            write(f)
-            if hasattr(f, "flush") and hasattr(f, "fileno"):
-                f.flush()
-                os.fsync(f.fileno())  # the data must be on disk before the rename makes it visible
-        local_dir = self.path_manager.get_local_path(os.path.dirname(path))
-        if os.path.isdir(local_dir):
-            # os.replace is atomic on POSIX and overwrites; iopath's mv refuses an existing target.
-            local_tmp, local_path = (os.path.join(local_dir, os.path.basename(p)) for p in (tmp, path))
-            os.replace(local_tmp, local_path)
-            _fsync_dir(local_dir)
-        else:  # remote store: no atomic rename exists, keep the tmp-then-move order at least
-            if self.path_manager.exists(path):
-                self.path_manager.rm(path)
-            self.path_manager.mv(tmp, path)
+    def _remove_stale_checksums(self) -> None:
+        # The periodic checkpointer deletes old checkpoints (max_to_keep), not their checksums.
+        for name in self.path_manager.ls(self.save_dir):
+            checkpoint = os.path.join(self.save_dir, name[: -len(CHECKSUM_SUFFIX)])
+            if name.endswith(".pth" + CHECKSUM_SUFFIX) and not self.path_manager.exists(checkpoint):
+                self.path_manager.rm(os.path.join(self.save_dir, name))
 
     # ---------------------------------------------------------------- loading
     def resume_or_load(self, path: str, *, resume: bool = True) -> dict[str, Any]:
@@ -107,10 +119,31 @@ class AtomicCheckpointer(DetectionCheckpointer):
                 )
             self._resuming = True
             try:
-                return self.load(last)
+                return self._resume_from(last)
             finally:
                 self._resuming = False
         return self.load(path, checkpointables=[])
+
+    def _resume_from(self, last: str) -> dict[str, Any]:
+        try:
+            return self.load(last)
+        except DamagedCheckpointError as damaged:
+            error = damaged
+        # Newest first; each candidate is checked the same way before anything is loaded.
+        others = sorted(
+            (f for f in self.get_all_checkpoint_files() if os.path.abspath(f) != os.path.abspath(last)),
+            key=lambda f: (os.path.getmtime(f) if os.path.isfile(f) else 0.0, f), reverse=True,
+        )
+        for candidate in others:
+            self.logger.warning(
+                f"{error}\nResuming from the previous complete checkpoint {candidate} instead; the "
+                f"iterations after it are trained again."
+            )
+            try:
+                return self.load(candidate)
+            except DamagedCheckpointError as e:
+                error = e
+        raise error
 
     def load(self, path: str, checkpointables: list[str] | None = None) -> dict[str, Any]:
         if path and "://" not in path and not os.path.isfile(path):
@@ -132,18 +165,27 @@ class AtomicCheckpointer(DetectionCheckpointer):
 
     def _load_file(self, filename: str) -> dict[str, Any]:
         try:
-            loaded = super()._load_file(filename)
+            verify_integrity(filename)
+            if filename.endswith(".pkl"):
+                loaded = _model_zoo_checkpoint(load_pickle_file(filename, self.allow_pickle))
+            else:
+                loaded = super()._load_file(filename)
+        except (CorruptFileError, UnsafeFileError) as e:
+            raise DamagedCheckpointError(f"{e}{self._other_checkpoints_hint(filename)}") from e
         except Exception as e:
-            raise CheckpointLoadError(
+            raise DamagedCheckpointError(
                 f"cannot read checkpoint {filename!r}: {type(e).__name__}: {str(e)[:500]}\nThe file is "
                 f"truncated, corrupted or not a checkpoint.{self._other_checkpoints_hint(filename)}"
             ) from e
         if not isinstance(loaded.get("model"), Mapping):
-            raise CheckpointLoadError(
+            raise DamagedCheckpointError(
                 f"checkpoint {filename!r} holds no state dict under 'model' "
                 f"(found {type(loaded.get('model')).__name__})"
             )
         return loaded
+
+    def _torch_load(self, f: str) -> Any:
+        return load_torch_file(f, self.allow_pickle)
 
     def _load_model(self, checkpoint: dict[str, Any]):
         path = self._loading
@@ -199,6 +241,8 @@ class AtomicCheckpointer(DetectionCheckpointer):
             )
 
     def _other_checkpoints_hint(self, bad: str) -> str:
+        if self._resuming:  # resume tries the other checkpoints itself
+            return ""
         if not self.save_dir or not self.path_manager.isdir(self.save_dir):
             return ""
         others = sorted(os.path.basename(f) for f in self.get_all_checkpoint_files() if f != bad)
@@ -208,15 +252,14 @@ class AtomicCheckpointer(DetectionCheckpointer):
                 f"last_checkpoint to resume from it.")
 
 
-def _fsync_dir(path: str) -> None:
-    # Makes the rename itself durable (survives a power loss, not only a process kill).
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+def _model_zoo_checkpoint(data: Any) -> dict[str, Any]:
+    """What detectron2's ``DetectionCheckpointer._load_file`` makes of an unpickled ``.pkl``: a
+    detectron2 model-zoo file as it is, a Caffe2 / Detectron1 one wrapped for the name heuristics."""
+    if not isinstance(data, Mapping):
+        raise TypeError(f"the pickle holds a {type(data).__name__}, not a dict")
+    if "model" in data and "__author__" in data:
+        return dict(data)
+    if "blobs" in data:  # Detection models have "blobs", ImageNet models do not
+        data = data["blobs"]
+    data = {k: v for k, v in data.items() if not k.endswith("_momentum")}
+    return {"model": data, "__author__": "Caffe2", "matching_heuristics": True}

@@ -36,7 +36,8 @@ from d2ssl.checkpoint.layouts import find_trunk
 from d2ssl.checkpoint.load import read_state_dict
 from d2ssl.engine.checkpointer import AtomicCheckpointer
 from d2ssl.engine.hooks import PeriodicCheckpointer
-from d2ssl.engine.train_loop import scale_to_world_size, setup_from_args
+from d2ssl.engine.train_loop import allows_pickle, scale_to_world_size, setup_from_args
+from d2ssl.utils.safe_io import atomic_write
 
 logger = logging.getLogger("d2ssl")
 
@@ -44,15 +45,16 @@ logger = logging.getLogger("d2ssl")
 DETECTOR_KEY_PREFIXES = ("backbone.", "proposal_generator.", "roi_heads.")
 
 
-def prepare_init_checkpoint(path: str, output_dir: str) -> str:
+def prepare_init_checkpoint(path: str, output_dir: str, allow_pickle: bool = False) -> str:
     """Returns a file ``DetectionCheckpointer`` loads with the pretrained trunk in place.
 
     ``.pkl`` files and whole detectron2 detectors are returned as they are; any other checkpoint
-    whose ResNet ``d2ssl.checkpoint`` finds is written as ``<output_dir>/<name>_detectron2.pkl``.
+    whose ResNet ``d2ssl.checkpoint`` finds is written (atomically) as
+    ``<output_dir>/<name>_detectron2.pkl``. ``allow_pickle``: see ``read_checkpoint``.
     """
     if not path or path.endswith(".pkl"):
         return path
-    state_dict, _ = read_state_dict(path)
+    state_dict, _ = read_state_dict(path, allow_pickle=allow_pickle)
     if any(k.startswith(DETECTOR_KEY_PREFIXES) for k in state_dict):
         return path
     name = os.path.splitext(os.path.basename(path))[0]
@@ -60,8 +62,8 @@ def prepare_init_checkpoint(path: str, output_dir: str) -> str:
     if comm.is_main_process():
         trunk = find_trunk(state_dict)
         PathManager.mkdirs(output_dir)
-        with PathManager.open(converted, "wb") as f:
-            pickle.dump(to_detectron2(trunk), f)
+        content = to_detectron2(trunk)
+        atomic_write(converted, lambda f: pickle.dump(content, f), mode="wb", checksum=True)
         logger.info("converted %s (%s layout, %d tensors) to %s", path, trunk.layout, len(trunk.trunk),
                     converted)
     comm.synchronize()
@@ -96,7 +98,8 @@ def train_detector(cfg: DictConfig, resume: bool = False) -> dict[str, float]:
 
     model = create_ddp_model(model, **cfg.train.ddp)
     trainer = (AMPTrainer if cfg.train.amp.enabled else SimpleTrainer)(model, train_loader, optimizer)
-    checkpointer = AtomicCheckpointer(model, cfg.train.output_dir, trainer=trainer)
+    checkpointer = AtomicCheckpointer(model, cfg.train.output_dir, allow_pickle=allows_pickle(cfg),
+                                      trainer=trainer)
     precise_bn = cfg.train.get("precise_bn") or {}
     eval_period = cfg.train.get("eval_period", 0)
     precise_bn_hook = None
@@ -120,7 +123,8 @@ def train_detector(cfg: DictConfig, resume: bool = False) -> dict[str, float]:
         ]
     )
     init = "" if resume and checkpointer.has_checkpoint() else cfg.train.init_checkpoint
-    checkpointer.resume_or_load(prepare_init_checkpoint(init, cfg.train.output_dir), resume=resume)
+    init = prepare_init_checkpoint(init, cfg.train.output_dir, allow_pickle=allows_pickle(cfg))
+    checkpointer.resume_or_load(init, resume=resume)
     start_iter = trainer.iter + 1 if resume and checkpointer.has_checkpoint() else 0
     trainer.train(start_iter, cfg.train.max_iter)
     return {k: v[0] for k, v in trainer.storage.latest().items()}
@@ -133,7 +137,8 @@ def main(args) -> dict:
         return train_detector(cfg, resume=args.resume)
     model = instantiate(cfg.model).to(cfg.train.device)
     model = create_ddp_model(model)
-    AtomicCheckpointer(model, cfg.train.output_dir).load(
-        prepare_init_checkpoint(cfg.train.init_checkpoint, cfg.train.output_dir)
+    allow_pickle = allows_pickle(cfg)
+    AtomicCheckpointer(model, cfg.train.output_dir, allow_pickle=allow_pickle).load(
+        prepare_init_checkpoint(cfg.train.init_checkpoint, cfg.train.output_dir, allow_pickle=allow_pickle)
     )
     return evaluate_detector(cfg, model)

@@ -20,10 +20,16 @@ from detectron2.engine.defaults import create_ddp_model
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from detectron2.utils.registry import locate
-from omegaconf import DictConfig, ListConfig
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from d2ssl.checkpoint.load import load_weights_init
-from d2ssl.config import check_num_train_samples, resolve_target, validate_config
+from d2ssl.config import (
+    check_num_train_samples,
+    dataset_shorthand,
+    instantiate_dataset,
+    resolve_target,
+    validate_config,
+)
 from d2ssl.engine.checkpointer import AtomicCheckpointer
 from d2ssl.engine.hooks import PeriodicCheckpointer, RandomStateCheckpoint, ResumeDataOrder
 
@@ -100,15 +106,18 @@ def _settable_keys(node: Any) -> list[str]:
 def apply_overrides(cfg: DictConfig, overrides, config_file: str = "<config>") -> DictConfig:
     """``LazyConfig.apply_overrides`` that refuses keys absent from the config (a typo would
     otherwise add a new key silently); arguments of an ``L(callable)`` left at their defaults in the
-    config file are accepted."""
+    config file are accepted. A data set node set to a shorthand (``dataloader.train.dataset=folder:PATH``,
+    ``list:FILE``, ``catalog:NAME[,NAME...]``, see ``d2ssl.config.dataset_shorthand``) is replaced whole.
+    Overrides apply in order, so later ones may set arguments of a node an earlier one replaced."""
     for override in overrides:
         if "=" not in override:
-            raise ValueError(f"override {override!r} must have the form key=value")
-        key = override.split("=", 1)[0].strip()
+            raise ValueError(f"override {override!r} must have the form key=value (flags start with --)")
+        key, value = (part.strip() for part in override.split("=", 1))
         node, parts = cfg, key.split(".")
         for i, part in enumerate(parts):
             if isinstance(node, (DictConfig, dict)) and part not in node and i == len(parts) - 1 \
                     and part in _settable_keys(node):
+                node = None  # an argument the config leaves at the callable's default
                 break
             if not isinstance(node, (DictConfig, dict)) or part not in node:
                 have = _settable_keys(node)
@@ -117,7 +126,14 @@ def apply_overrides(cfg: DictConfig, overrides, config_file: str = "<config>") -
                     f"{config_file}; keys there: {have}"
                 )
             node = node[part]
-    return LazyConfig.apply_overrides(cfg, list(overrides))
+        # Only a node the config holds (a data set call), not a plain value, is replaced by a shorthand.
+        shorthand = dataset_shorthand(value, node) if isinstance(node, DictConfig) else None
+        if shorthand is not None:
+            parent = OmegaConf.select(cfg, key.rsplit(".", 1)[0]) if "." in key else cfg
+            parent[key.rsplit(".", 1)[-1]] = shorthand
+        else:
+            cfg = LazyConfig.apply_overrides(cfg, [override])
+    return cfg
 
 
 def instantiate_with(node: DictConfig, **objects: Any) -> Any:
@@ -140,7 +156,7 @@ def do_train(cfg: DictConfig, resume: bool = False) -> dict[str, float]:
     model (memory bank included), optimizer, scheduler, iteration, data order and random state.
     """
     scale_to_world_size(cfg, comm.get_world_size())
-    dataset = instantiate(cfg.dataloader.train.dataset)
+    dataset = instantiate_dataset(cfg.dataloader.train.dataset, "dataloader.train.dataset")
     fill_num_train_samples(cfg.model, len(dataset))
     check_num_train_samples(cfg.model, len(dataset))
     if cfg.train.get("epochs") is not None:
@@ -158,7 +174,8 @@ def do_train(cfg: DictConfig, resume: bool = False) -> dict[str, float]:
 
     model = create_ddp_model(model, **cfg.train.ddp)
     trainer = (AMPTrainer if cfg.train.amp.enabled else SimpleTrainer)(model, train_loader, optimizer)
-    checkpointer = AtomicCheckpointer(model, cfg.train.output_dir, trainer=trainer)
+    checkpointer = AtomicCheckpointer(model, cfg.train.output_dir, allow_pickle=allows_pickle(cfg),
+                                      trainer=trainer)
     trainer.register_hooks(
         [
             hooks.IterationTimer(),
@@ -180,10 +197,18 @@ def do_train(cfg: DictConfig, resume: bool = False) -> dict[str, float]:
     return {k: v[0] for k, v in trainer.storage.latest().items()}
 
 
+def allows_pickle(cfg: DictConfig) -> bool:
+    """``train.weights_init.ALLOW_PICKLE`` (``--allow-pickle``): whether weights_init, init_checkpoint
+    and resume may unpickle Python objects besides tensors, which runs code stored in the files."""
+    return bool(OmegaConf.select(cfg, "train.weights_init.ALLOW_PICKLE", default=False))
+
+
 def setup_from_args(args) -> DictConfig:
     """Config of a launched process: loaded, overridden and checked, then detectron2's
     ``default_setup`` (output dir, config.yaml, seeding, loggers) plus d2ssl's own logger."""
     cfg = setup_config(args.config_file, args.opts)
+    if getattr(args, "allow_pickle", False):  # --allow-pickle
+        cfg.train.setdefault("weights_init", {})["ALLOW_PICKLE"] = True
     default_setup(cfg, args)
     setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="d2ssl")
     return cfg

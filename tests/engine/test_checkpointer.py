@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import signal
+import struct
 import subprocess
 import sys
 import textwrap
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -116,6 +118,9 @@ def test_keeps_the_last_k_checkpoints_across_a_resume(tiny_config):
     assert sorted(p.name for p in out.glob("*.pth")) == ["model_0000007.pth", "model_0000008.pth", FINAL]
     assert (out / "last_checkpoint").read_text() == "model_final.pth"
     assert not list(out.glob("*.tmp"))
+    # Each kept checkpoint has its checksum; those of deleted ones are gone too.
+    checksums = sorted(p.name for p in out.glob("*.sha256"))
+    assert checksums == sorted(p.name + ".sha256" for p in out.glob("*.pth"))
 
 
 def test_resume_into_another_architecture_is_an_error(tiny_config):
@@ -149,23 +154,84 @@ def _assert_untouched(model: nn.Module, before: dict[str, torch.Tensor]) -> None
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 
-def test_resume_from_a_truncated_checkpoint_names_the_file_and_the_others(tmp_path):
-    out = _saved_run(tmp_path, _model())
-    data = (out / "model_0000003.pth").read_bytes()
-    (out / "model_0000003.pth").write_bytes(data[: len(data) // 3])
-    message = r"(?s)model_0000003\.pth.*truncated, corrupted.*model_0000001\.pth"
-    with pytest.raises(CheckpointLoadError, match=message):
-        _resume(_model(), out)
+def _flip_tensor_bytes(path: Path, count: int = 64) -> None:
+    """Flips ``count`` bytes in the middle of the largest record (tensor data) of a torch zip file."""
+    with zipfile.ZipFile(path) as archive:
+        record = max(archive.infolist(), key=lambda r: r.file_size)
+    raw = bytearray(path.read_bytes())
+    offset = record.header_offset
+    name_length, extra_length = struct.unpack("<HH", raw[offset + 26: offset + 30])  # local file header
+    start = offset + 30 + name_length + extra_length + record.file_size // 2
+    raw[start: start + count] = bytes(b ^ 0xFF for b in raw[start: start + count])
+    path.write_bytes(bytes(raw))
 
 
-def test_resume_from_a_missing_or_garbage_file_is_an_error(tmp_path):
-    out = _saved_run(tmp_path, _model())
-    (out / "model_0000003.pth").write_bytes(b"\x00not a checkpoint" * 10)
-    with pytest.raises(CheckpointLoadError, match=r"cannot read checkpoint .*model_0000003\.pth"):
-        _resume(_model(), out)
+def _damage(path: Path, how: str) -> None:
+    if how == "flipped":
+        _flip_tensor_bytes(path)
+    elif how == "truncated":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
+    else:
+        path.write_bytes(b"\x00not a checkpoint" * 10)
+
+
+def _two_checkpoints(tmp_path: Path) -> tuple[Path, dict[str, torch.Tensor]]:
+    """model_0000001 (iteration 0), then other weights in model_0000003 (iteration 1)."""
+    model = _model()
+    out = tmp_path / "run"
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    checkpointer = AtomicCheckpointer(model, str(out), optimizer=optimizer)
+    checkpointer.save("model_0000001", iteration=0)
+    first = _snapshot(model)
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+    checkpointer.save("model_0000003", iteration=1)
+    return out, first
+
+
+@pytest.mark.parametrize("how", ["flipped", "truncated", "garbage"])
+@pytest.mark.parametrize("checksum", [True, False], ids=["sha256", "zip-crc-only"])
+def test_damaged_checkpoint_is_refused_and_resume_uses_the_previous_one(tmp_path, caplog, how, checksum):
+    out, first = _two_checkpoints(tmp_path)
+    assert (out / "model_0000003.pth.sha256").read_text().split()[1] == "model_0000003.pth"
+    if not checksum:  # as a copy made without its .sha256: the zip container's CRCs still catch it
+        (out / "model_0000003.pth.sha256").unlink()
+    _damage(out / "model_0000003.pth", how)
+    model = _model()
+    extra = _resume(model, out)
+    assert extra["iteration"] == 0  # model_0000001, not a start from scratch
+    assert all(torch.equal(v, first[k]) for k, v in model.state_dict().items())
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("model_0000003.pth" in w and "previous complete checkpoint" in w and "model_0000001.pth" in w
+               for w in warnings), warnings
+
+
+def test_damaged_checkpoint_without_a_previous_one_is_an_error_naming_it(tmp_path):
+    out, _ = _two_checkpoints(tmp_path)
+    (out / "model_0000001.pth").unlink()
+    _flip_tensor_bytes(out / "model_0000003.pth")
+    model = _model()
+    before = _snapshot(model)
+    with pytest.raises(CheckpointLoadError, match=r"model_0000003\.pth is damaged: its sha256"):
+        _resume(model, out)
+    _assert_untouched(model, before)
+    (out / "model_0000003.pth.sha256").unlink()
+    with pytest.raises(CheckpointLoadError, match=r"model_0000003\.pth is damaged: record .* fails its CRC"):
+        _resume(model, out)
     (out / "last_checkpoint").write_text("model_0000009.pth")
     with pytest.raises(CheckpointLoadError, match=r"names .*model_0000009\.pth.*not a file"):
         _resume(_model(), out)
+
+
+def test_init_checkpoint_written_elsewhere_with_a_flipped_byte_is_refused(tmp_path):
+    # A file not written by d2ssl (no .sha256): torch's zip container has a CRC32 per record.
+    torch.save({"model": _model().state_dict()}, tmp_path / "foreign.pth")
+    _flip_tensor_bytes(tmp_path / "foreign.pth")
+    model = _model()
+    before = _snapshot(model)
+    with pytest.raises(CheckpointLoadError, match=r"foreign\.pth is damaged: record .* fails its CRC32"):
+        AtomicCheckpointer(model).resume_or_load(str(tmp_path / "foreign.pth"), resume=False)
+    _assert_untouched(model, before)
 
 
 @pytest.mark.parametrize(

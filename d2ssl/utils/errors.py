@@ -1,0 +1,86 @@
+"""One clear message per failure for the command-line tools.
+
+``reporting_errors`` wraps a tool's work: an exception becomes ``error: <cause>`` on stderr (the
+cause first: ``No space left on device: <file>`` rather than the ``unexpected pos`` torch raises on
+top of it), the traceback goes to the run's log file (where one is open) and the process exits with
+status 1. ``--debug`` lets the exception through with its full traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import sys
+from collections.abc import Iterator
+
+DEBUG_HINT = "(run again with --debug for the traceback)"
+# Causes that say more than any message raised on top of them.
+_SYSTEM_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO, errno.ENOMEM}
+_LOGGERS = ("d2ssl", "detectron2", "fvcore")
+
+
+def _chain(error: BaseException) -> Iterator[BaseException]:
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        yield error
+        error = error.__cause__ or error.__context__
+
+
+def _os_error_text(error: OSError) -> str:
+    text = error.strerror or str(error)
+    filename = getattr(error, "filename", None)
+    return f"{text}: {filename}" if filename else text
+
+
+def _message(error: BaseException) -> str:
+    if isinstance(error, KeyError) and error.args:
+        return str(error.args[0])
+    text = str(error).strip()
+    if type(error).__name__ == "ProcessRaisedException":  # a spawned process's traceback as text
+        lines = [line for line in text.splitlines() if line.strip()]
+        return lines[-1].strip() if lines else text
+    return text or type(error).__name__
+
+
+def describe_error(error: BaseException) -> str:
+    """``error`` as one message naming its cause first (a disk-full or permission error anywhere in
+    the chain of exceptions leads); the messages of d2ssl's own errors are used as they are."""
+    if isinstance(error, OSError) and error.errno is not None:
+        return _os_error_text(error)
+    system = next(
+        (e for e in _chain(error) if isinstance(e, OSError) and e.errno in _SYSTEM_ERRNOS), None
+    )
+    message = _message(error)
+    own = type(error).__module__.startswith("d2ssl")
+    if not own and not isinstance(error, (KeyError, ValueError)):
+        message = f"{type(error).__name__}: {message}"
+    return f"{_os_error_text(system)} ({message})" if system is not None else message
+
+
+def _log_traceback_to_files(error: BaseException) -> None:
+    streams = set()
+    record = logging.LogRecord("d2ssl", logging.ERROR, __file__, 0, "failed:", None,
+                               (type(error), error, error.__traceback__))
+    for name in _LOGGERS:
+        for handler in logging.getLogger(name).handlers:
+            stream = getattr(handler, "stream", None)
+            if stream is None or stream in (sys.stdout, sys.stderr) or id(stream) in streams:
+                continue
+            streams.add(id(stream))
+            handler.handle(record)
+
+
+@contextlib.contextmanager
+def reporting_errors(debug: bool = False) -> Iterator[None]:
+    """Turns an exception raised inside into ``error: <cause>`` on stderr and exit status 1; with
+    ``debug`` the exception propagates (full traceback)."""
+    try:
+        yield
+    except Exception as error:
+        if debug:
+            raise
+        _log_traceback_to_files(error)
+        print(f"error: {describe_error(error)}\n{DEBUG_HINT}", file=sys.stderr)
+        raise SystemExit(1) from None
