@@ -5,13 +5,14 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import math
 import os
 from collections.abc import Iterator
 
 import numpy as np
 import torch
 from detectron2.utils.file_io import PathManager
-from PIL import ImageEnhance, ImageOps
+from PIL import Image, ImageEnhance, ImageOps
 from torchvision import transforms as T
 from torchvision.transforms import functional as F
 
@@ -144,12 +145,94 @@ def normalize_per_tile(tiles: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     return (tiles - mean) / (std + eps)
 
 
+def to_normalized_tensor(image, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
+    """PIL RGB image -> float ``(3, H, W)`` normalised with ``mean``/``std`` (on [0, 1])."""
+    return F.normalize(F.to_tensor(image), mean, std)
+
+
+def pil_to_uint8(image: Image.Image) -> torch.Tensor:
+    """PIL RGB image -> uint8 ``(3, H, W)``."""
+    return torch.from_numpy(np.array(image)).permute(2, 0, 1)
+
+
+def uint8_to_pil(image: torch.Tensor) -> Image.Image:
+    """uint8 ``(3, H, W)`` -> PIL RGB image."""
+    return Image.fromarray(image.permute(1, 2, 0).contiguous().numpy())
+
+
+def normalize_uint8(images: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
+    """uint8 ``(..., 3, H, W)`` -> float ``(x / 255 - mean) / std`` in one multiply-add per pixel
+    (equal to :func:`to_normalized_tensor` to float32 rounding)."""
+    scale = torch.tensor([1.0 / (255.0 * s) for s in std]).view(3, 1, 1)
+    shift = torch.tensor([-m / s for m, s in zip(mean, std)]).view(3, 1, 1)
+    return torch.addcmul(shift, images.to(torch.float32), scale)
+
+
+def uniform(generator: torch.Generator, n: int, low: float, high: float) -> torch.Tensor:
+    """``(n,)`` float32 draws from U[low, high)."""
+    return torch.rand(n, generator=generator) * (high - low) + low
+
+
+def random_resized_crop_box(
+    width: int,
+    height: int,
+    scale: tuple[float, float],
+    generator: torch.Generator,
+    ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0),
+) -> tuple[int, int, int, int]:
+    """torchvision's ``RandomResizedCrop.get_params`` drawn from ``generator``: area fraction uniform
+    in ``scale``, log aspect ratio uniform in ``log(ratio)``, up to 10 tries, else the central crop
+    clamped to ``ratio``. Returns ``(top, left, h, w)``."""
+    area = height * width
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    draws = torch.rand(10, 4, generator=generator, dtype=torch.float64).tolist()
+    for u_area, u_ratio, u_top, u_left in draws:
+        target_area = area * (scale[0] + (scale[1] - scale[0]) * u_area)
+        aspect = math.exp(log_ratio[0] + (log_ratio[1] - log_ratio[0]) * u_ratio)
+        w = int(round(math.sqrt(target_area * aspect)))
+        h = int(round(math.sqrt(target_area / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            # torchvision: randint(0, height - h + 1); floor of a uniform gives the same law.
+            return int(u_top * (height - h + 1)), int(u_left * (width - w + 1)), h, w
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        w, h = width, int(round(width / min(ratio)))
+    elif in_ratio > max(ratio):
+        h, w = height, int(round(height * max(ratio)))
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def resized_crop(image: Image.Image, box: tuple[int, int, int, int], size: int) -> Image.Image:
+    """``(top, left, h, w)`` region of ``image`` resized to ``size x size`` in one PIL call (bilinear
+    with antialiasing, as ``F.resized_crop`` on PIL). PIL's ``box`` reads the filter's support beyond
+    the region's border where crop-then-resize clamps at it: the outermost output pixels may differ by
+    a few levels; the rest is equal."""
+    top, left, h, w = box
+    return image.resize((size, size), Image.BILINEAR, box=(left, top, left + w, top + h))
+
+
+def random_resized_crop(
+    image: Image.Image,
+    size: int,
+    scale: tuple[float, float],
+    generator: torch.Generator,
+    ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0),
+) -> torch.Tensor:
+    """``RandomResizedCrop(size, scale, ratio)`` drawn from ``generator``: uint8 ``(3, size, size)``."""
+    box = random_resized_crop_box(image.width, image.height, scale, generator, ratio)
+    return pil_to_uint8(resized_crop(image, box, size))
+
+
 @contextlib.contextmanager
 def torch_rng_from(generator: torch.Generator) -> Iterator[None]:
     """Runs torchvision transforms (which draw from torch's global RNG) from ``generator``.
 
     The global RNG is forked, seeded from ``generator`` and restored on exit, so a mapper's views are
-    a pure function of the generator and the training process's own random state is untouched.
+    a pure function of the generator and the training process's own random state is untouched. Only
+    the fallback for arbitrary PIL transforms uses it (it costs ~0.2 ms per call); the fast paths
+    draw from ``generator`` directly.
     """
     seed = int(torch.randint(0, 2**62, (1,), generator=generator))
     with torch.random.fork_rng(devices=[]):
@@ -157,9 +240,254 @@ def torch_rng_from(generator: torch.Generator) -> Iterator[None]:
         yield
 
 
-def to_normalized_tensor(image, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
-    """PIL RGB image -> float ``(3, H, W)`` normalised with ``mean``/``std`` (on [0, 1])."""
-    return F.normalize(F.to_tensor(image), mean, std)
+# --- photometric operations on uint8 batches -----------------------------------------------------
+# Each takes a float32 (n, 3, H, W) batch holding uint8 values and per-view parameters of shape (n,),
+# and returns uint8 values again (floored and clipped as PIL stores them), so each equals the PIL
+# operation torchvision applies to a PIL image (tests state the tolerance).
+
+
+def _per_view(values: torch.Tensor) -> torch.Tensor:
+    return values.view(-1, 1, 1, 1)
+
+
+def _blend(degenerate: torch.Tensor, image: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    # PIL's Image.blend on uint8: truncate toward zero, clip to [0, 255].
+    return (degenerate + _per_view(factor) * (image - degenerate)).clamp_(0, 255).floor_()
+
+
+def luma(images: torch.Tensor) -> torch.Tensor:
+    """PIL's ``convert("L")``: ``(19595 R + 38470 G + 7471 B + 2^15) >> 16``, ``(n, 1, H, W)``."""
+    weights = images.new_tensor([19595.0, 38470.0, 7471.0]).view(1, 3, 1, 1)
+    return torch.floor(((images * weights).sum(dim=1, keepdim=True) + 32768.0) / 65536.0)
+
+
+def adjust_brightness(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    return _blend(torch.zeros_like(images[:, :1]), images, factor)
+
+
+def adjust_contrast(images: torch.Tensor, factor: torch.Tensor, means: torch.Tensor | None = None):
+    """``means``: the grey level to blend with, per view; by default the rounded mean luma of each view
+    (PIL/torchvision). NPID's recipe passes the whole photo's when it jitters after cropping."""
+    if means is None:
+        means = torch.floor(luma(images).mean(dim=(1, 2, 3)) + 0.5)
+    return _blend(_per_view(means).expand(-1, 1, 1, 1), images, factor)
+
+
+def adjust_saturation(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    return _blend(luma(images), images, factor)
+
+
+def adjust_hue(images: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Rotates hue by ``shift`` turns (in [-0.5, 0.5]) in HSV, value and saturation kept. PIL (and so
+    torchvision on PIL images) quantises hue to 256 levels first; here hue stays continuous, which
+    moves a channel by at most a few levels (see the tests)."""
+    r, g, b = images.unbind(dim=1)
+    maxc = torch.maximum(torch.maximum(r, g), b)
+    minc = torch.minimum(torch.minimum(r, g), b)
+    delta = maxc - minc
+    safe = torch.where(delta > 0, delta, torch.ones_like(delta))
+    h = torch.where(
+        maxc == r, (g - b) / safe, torch.where(maxc == g, 2.0 + (b - r) / safe, 4.0 + (r - g) / safe)
+    )
+    h = torch.remainder(h / 6.0 + shift.view(-1, 1, 1), 1.0) * 6.0
+    # hsv -> rgb with v = maxc and v * s = delta: channel k = v - delta * clamp(min(p, 4 - p), 0, 1),
+    # p = (k_offset + h) mod 6, the closed form of the six-sector table.
+    out = []
+    for offset in (5.0, 3.0, 1.0):
+        p = torch.remainder(h + offset, 6.0)
+        out.append(maxc - delta * torch.clamp(torch.minimum(p, 4.0 - p), 0.0, 1.0))
+    return torch.stack(out, dim=1).round_().clamp_(0, 255)
+
+
+def grayscale(images: torch.Tensor) -> torch.Tensor:
+    return luma(images).expand(-1, 3, -1, -1).clone()
+
+
+def posterize(images: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
+    step = _per_view(torch.pow(2.0, 8 - bits.to(torch.float32)))
+    return torch.floor(images / step) * step
+
+
+_SMOOTH = torch.tensor([[1.0, 1.0, 1.0], [1.0, 5.0, 1.0], [1.0, 1.0, 1.0]]) / 13.0
+
+
+def adjust_sharpness(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """PIL's ``ImageEnhance.Sharpness``: blend with ``ImageFilter.SMOOTH`` (borders kept)."""
+    n, c, h, w = images.shape
+    smooth = images.clone()
+    if h > 2 and w > 2:
+        kernel = _SMOOTH.to(images.dtype).expand(c, 1, 3, 3)
+        # PIL rounds the filtered value to nearest.
+        inner = torch.nn.functional.conv2d(images, kernel, groups=c).add_(0.5).floor_().clamp_(0, 255)
+        smooth[:, :, 1:-1, 1:-1] = inner
+    return _blend(smooth, images, factor)
+
+
+def solarize(images: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
+    return torch.where(images < _per_view(threshold.to(images.dtype)), images, 255.0 - images)
+
+
+def autocontrast(images: torch.Tensor) -> torch.Tensor:
+    """PIL's ``ImageOps.autocontrast`` (cutoff 0): each channel of each view stretched to [0, 255]."""
+    lo = images.amin(dim=(2, 3), keepdim=True)
+    hi = images.amax(dim=(2, 3), keepdim=True)
+    flat = hi <= lo
+    scale = 255.0 / torch.where(flat, torch.ones_like(hi), hi - lo)
+    stretched = torch.floor((images - lo) * scale).clamp_(0, 255)
+    return torch.where(flat, images, stretched)
+
+
+def gaussian_blur(images: torch.Tensor, sigma: torch.Tensor, kernel_size: int = 23) -> torch.Tensor:
+    """torchvision's ``GaussianBlur(kernel_size)`` with one ``sigma`` per view, as two separable 1-D
+    passes (reflect padding, rounded back to uint8 levels)."""
+    n, c, h, w = images.shape
+    half = (kernel_size - 1) * 0.5
+    x = torch.linspace(-half, half, kernel_size, dtype=images.dtype)
+    kernel = torch.exp(-0.5 * (x.view(1, -1) / sigma.view(-1, 1).to(images.dtype)) ** 2)
+    kernel = (kernel / kernel.sum(dim=1, keepdim=True)).repeat_interleave(c, dim=0)  # (n * c, k)
+    pad = kernel_size // 2
+    flat = images.reshape(1, n * c, h, w)
+    flat = torch.nn.functional.pad(flat, [pad, pad, pad, pad], mode="reflect")
+    flat = torch.nn.functional.conv2d(flat, kernel.view(n * c, 1, 1, kernel_size), groups=n * c)
+    flat = torch.nn.functional.conv2d(flat, kernel.view(n * c, 1, kernel_size, 1), groups=n * c)
+    return flat.view(n, c, h, w).round_().clamp_(0, 255)
+
+
+class ColorAugmentation:
+    """The photometric recipe shared by the methods, for uint8 views drawn from a ``torch.Generator``.
+
+    Per view, in this order (torchvision's ``Compose`` of :func:`color_augmentation`): with
+    ``color_jitter_prob``, colour jitter (brightness, contrast, saturation factors uniform in
+    ``[max(0, 1 - x), 1 + x]``, hue shift uniform in ``[-h, h]``, the four applied in a uniformly
+    random order, as ``T.ColorJitter``); with ``photometric_prob``, PIRL's posterize (4-8 bits),
+    sharpness (``[0.1, 1.9)``), solarize (threshold 0-256) and autocontrast; with ``grayscale_prob``,
+    grayscale; with ``gaussian_blur_prob``, a Gaussian blur of sigma uniform in ``blur_sigma``; a
+    horizontal flip with p 0.5 if ``horizontal_flip``.
+
+    :meth:`apply` runs a batch of same-sized views at once (one vectorised kernel per operation, not a
+    PIL call per view and operation). Calling the object on a PIL image (e.g. inside a ``T.Compose``)
+    runs the same operations on that one image, drawing from torch's global RNG.
+    """
+
+    def __init__(
+        self,
+        color_jitter: tuple[float, float, float, float] | None = (0.4, 0.4, 0.4, 0.1),
+        color_jitter_prob: float = 0.8,
+        grayscale_prob: float = 0.2,
+        gaussian_blur_prob: float = 0.0,
+        blur_sigma: tuple[float, float] = (0.1, 2.0),
+        horizontal_flip: bool = True,
+        photometric_prob: float = 0.0,
+        blur_kernel_size: int = 23,
+    ):
+        if color_jitter is not None:
+            color_jitter = tuple(float(x) for x in color_jitter)
+            if len(color_jitter) != 4 or min(color_jitter) < 0 or color_jitter[3] > 0.5:
+                raise ValueError(
+                    "color_jitter must be (brightness, contrast, saturation, hue) >= 0 with hue <= 0.5, "
+                    f"got {color_jitter}"
+                )
+        for name, p in (("color_jitter_prob", color_jitter_prob), ("grayscale_prob", grayscale_prob),
+                        ("gaussian_blur_prob", gaussian_blur_prob), ("photometric_prob", photometric_prob)):
+            if not 0.0 <= p <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {p}")
+        self.color_jitter = color_jitter
+        self.color_jitter_prob = color_jitter_prob if color_jitter is not None else 0.0
+        self.grayscale_prob = grayscale_prob
+        self.gaussian_blur_prob = gaussian_blur_prob
+        self.blur_sigma = tuple(blur_sigma)
+        self.horizontal_flip = horizontal_flip
+        self.photometric_prob = photometric_prob
+        self.blur_kernel_size = blur_kernel_size
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(color_jitter={self.color_jitter}, "
+            f"color_jitter_prob={self.color_jitter_prob}, "
+            f"photometric_prob={self.photometric_prob}, grayscale_prob={self.grayscale_prob}, "
+            f"gaussian_blur_prob={self.gaussian_blur_prob}, blur_sigma={self.blur_sigma}, "
+            f"horizontal_flip={self.horizontal_flip})"
+        )
+
+    def draw(self, n: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """The random parameters of ``n`` views (the distribution the class docstring states)."""
+        params: dict[str, torch.Tensor] = {}
+        if self.color_jitter_prob > 0:
+            b, c, s, h = self.color_jitter
+            params["jitter"] = torch.rand(n, generator=generator) < self.color_jitter_prob
+            params["jitter_order"] = torch.rand(n, 4, generator=generator).argsort(dim=1)
+            params["brightness"] = uniform(generator, n, max(0.0, 1 - b), 1 + b)
+            params["contrast"] = uniform(generator, n, max(0.0, 1 - c), 1 + c)
+            params["saturation"] = uniform(generator, n, max(0.0, 1 - s), 1 + s)
+            params["hue"] = uniform(generator, n, -h, h)
+        if self.photometric_prob > 0:
+            params["photometric"] = torch.rand(n, generator=generator) < self.photometric_prob
+            params["bits"] = torch.randint(4, 9, (n,), generator=generator)
+            params["sharpness"] = uniform(generator, n, 0.1, 1.9)
+            params["threshold"] = torch.randint(0, 257, (n,), generator=generator)
+        if self.grayscale_prob > 0:
+            params["grayscale"] = torch.rand(n, generator=generator) < self.grayscale_prob
+        if self.gaussian_blur_prob > 0:
+            params["blur"] = torch.rand(n, generator=generator) < self.gaussian_blur_prob
+            params["sigma"] = uniform(generator, n, *self.blur_sigma)
+        if self.horizontal_flip:
+            params["flip"] = torch.rand(n, generator=generator) < 0.5
+        return params
+
+    def apply(
+        self, views: torch.Tensor, generator: torch.Generator, contrast_means: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """uint8 ``(n, 3, H, W)`` -> augmented uint8 ``(n, 3, H, W)``; each view's parameters drawn
+        from ``generator``. ``contrast_means`` ``(n,)``: the grey levels contrast blends with, when the
+        recipe jitters the whole photo but the views are crops of it (NPID)."""
+        return self.apply_params(views, self.draw(views.shape[0], generator), contrast_means)
+
+    def apply_params(self, views: torch.Tensor, params: dict, contrast_means: torch.Tensor | None = None):
+        x = views.to(torch.float32)
+        if "jitter" in params:
+            ops = (
+                lambda v, i: adjust_brightness(v, params["brightness"][i]),
+                lambda v, i: adjust_contrast(
+                    v, params["contrast"][i], None if contrast_means is None else contrast_means[i]
+                ),
+                lambda v, i: adjust_saturation(v, params["saturation"][i]),
+                lambda v, i: adjust_hue(v, params["hue"][i]),
+            )
+            # An op whose range is a single identity value (a 0 in color_jitter) is skipped, as torchvision.
+            active = [
+                not bool((params[k] == identity).all())
+                for k, identity in (("brightness", 1), ("contrast", 1), ("saturation", 1), ("hue", 0))
+            ]
+            for step in range(4):
+                for op_index, op in enumerate(ops):
+                    if not active[op_index]:
+                        continue
+                    chosen = params["jitter"] & (params["jitter_order"][:, step] == op_index)
+                    selected = chosen.nonzero()[:, 0]
+                    if selected.numel():
+                        x[selected] = op(x[selected], selected)
+        if "photometric" in params:
+            selected = params["photometric"].nonzero()[:, 0]
+            if selected.numel():
+                v = posterize(x[selected], params["bits"][selected])
+                v = adjust_sharpness(v, params["sharpness"][selected])
+                v = solarize(v, params["threshold"][selected])
+                x[selected] = autocontrast(v)
+        for key, op in (("grayscale", lambda v, i: grayscale(v)),
+                        ("blur", lambda v, i: gaussian_blur(v, params["sigma"][i], self.blur_kernel_size))):
+            if key in params:
+                selected = params[key].nonzero()[:, 0]
+                if selected.numel():
+                    x[selected] = op(x[selected], selected)
+        if "flip" in params:
+            selected = params["flip"].nonzero()[:, 0]
+            if selected.numel():
+                x[selected] = x[selected].flip(-1)
+        return x.to(torch.uint8)
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        generator = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,))))
+        return uint8_to_pil(self.apply(pil_to_uint8(image)[None], generator)[0])
 
 
 def color_augmentation(
@@ -170,29 +498,41 @@ def color_augmentation(
     blur_sigma: tuple[float, float] = (0.1, 2.0),
     horizontal_flip: bool = True,
     photometric_prob: float = 0.0,
-):
-    """The photometric recipe shared by the methods (torchvision transforms on PIL images).
+) -> ColorAugmentation:
+    """The photometric recipe shared by the methods (:class:`ColorAugmentation`).
 
     Defaults are MoCo-v2/JigClu's (jitter 0.4/0.4/0.4/0.1 with p 0.8, grayscale p 0.2); the
-    ``gaussian_blur_prob=0.5`` variant is VISSL's ``photo_gblur`` / SimCLR blur with sigma in [0.1, 2].
+    ``gaussian_blur_prob=0.5`` variant is VISSL's ``photo_gblur`` / SimCLR blur with sigma in [0.1, 2]
+    (kernel 23 covers 3 sigma of the largest sigma at 224 px, as in SimCLR's 10%-of-side kernel).
     ``photometric_prob=0.66`` adds PIRL's ``ImgPilRandomPhotometric`` after the jitter.
     """
+    return ColorAugmentation(
+        color_jitter=color_jitter, color_jitter_prob=color_jitter_prob, grayscale_prob=grayscale_prob,
+        gaussian_blur_prob=gaussian_blur_prob, blur_sigma=blur_sigma, horizontal_flip=horizontal_flip,
+        photometric_prob=photometric_prob,
+    )
+
+
+def reference_color_augmentation(augmentation: ColorAugmentation) -> T.Compose:
+    """The same recipe as torchvision transforms on PIL images, op by op (the plain way, drawing from
+    torch's global RNG): what the tests and the benchmark compare :class:`ColorAugmentation` with."""
     ops = []
-    if color_jitter is not None:
-        ops.append(T.RandomApply([T.ColorJitter(*color_jitter)], p=color_jitter_prob))
-    if photometric_prob > 0:
-        ops.append(T.RandomApply([RandomPhotometric()], p=photometric_prob))
-    if grayscale_prob > 0:
-        ops.append(T.RandomGrayscale(p=grayscale_prob))
-    if gaussian_blur_prob > 0:
-        # kernel 23 covers 3 sigma of the largest sigma at 224 px, as in SimCLR's 10%-of-side kernel.
-        ops.append(T.RandomApply([T.GaussianBlur(kernel_size=23, sigma=blur_sigma)], p=gaussian_blur_prob))
-    if horizontal_flip:
+    if augmentation.color_jitter_prob > 0:
+        jitter = T.ColorJitter(*augmentation.color_jitter)
+        ops.append(T.RandomApply([jitter], p=augmentation.color_jitter_prob))
+    if augmentation.photometric_prob > 0:
+        ops.append(T.RandomApply([RandomPhotometric()], p=augmentation.photometric_prob))
+    if augmentation.grayscale_prob > 0:
+        ops.append(T.RandomGrayscale(p=augmentation.grayscale_prob))
+    if augmentation.gaussian_blur_prob > 0:
+        blur = T.GaussianBlur(kernel_size=augmentation.blur_kernel_size, sigma=augmentation.blur_sigma)
+        ops.append(T.RandomApply([blur], p=augmentation.gaussian_blur_prob))
+    if augmentation.horizontal_flip:
         ops.append(T.RandomHorizontalFlip())
     return T.Compose(ops)
 
 
-def photo_gblur_augmentation(strength: float = 1.0):
+def photo_gblur_augmentation(strength: float = 1.0) -> ColorAugmentation:
     """VISSL's ``transforms/photo_gblur.yaml`` (the recommended PIRL recipe, SimCLR's colour
     distortion): jitter ``(0.8, 0.8, 0.8, 0.2) * strength`` with p 0.8, grayscale p 0.2, Gaussian
     blur with p 0.5 (sigma in [0.1, 2]), horizontal flip."""

@@ -5,10 +5,58 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
+from PIL import ImageStat
 from torchvision import transforms as T
 
 from d2ssl.data.image_io import read_rgb_image
-from d2ssl.data.transforms import IMAGENET_MEAN, IMAGENET_STD, to_normalized_tensor, torch_rng_from
+from d2ssl.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ColorAugmentation,
+    normalize_uint8,
+    random_resized_crop,
+    to_normalized_tensor,
+    torch_rng_from,
+)
+
+
+def _as_color_augmentation(transform) -> ColorAugmentation | None:
+    """The :class:`ColorAugmentation` doing what ``transform`` does, if there is one."""
+    if isinstance(transform, ColorAugmentation):
+        return transform
+    if isinstance(transform, T.RandomHorizontalFlip) and transform.p == 0.5:
+        return ColorAugmentation(color_jitter=None, grayscale_prob=0.0, horizontal_flip=True)
+    if isinstance(transform, T.ColorJitter):
+        spans = []
+        for name, centre in (("brightness", 1.0), ("contrast", 1.0), ("saturation", 1.0), ("hue", 0.0)):
+            bounds = getattr(transform, name)
+            if bounds is None:
+                spans.append(0.0)
+            elif abs((bounds[0] + bounds[1]) / 2 - centre) < 1e-9 or (centre == 1.0 and bounds[0] == 0):
+                spans.append(float(bounds[1]) - centre)
+            else:
+                return None
+        return ColorAugmentation(color_jitter=tuple(spans), color_jitter_prob=1.0, grayscale_prob=0.0,
+                                 horizontal_flip=False)
+    return None
+
+
+def fast_plan(transforms: Sequence[Callable]) -> tuple[list, T.RandomResizedCrop, list] | None:
+    """Splits ``[colour ops..., RandomResizedCrop, colour ops...]`` into the colour ops before and after
+    the crop (as :class:`ColorAugmentation`); ``None`` for any other list."""
+    crops = [i for i, t in enumerate(transforms) if isinstance(t, T.RandomResizedCrop)]
+    if len(crops) != 1:
+        return None
+    crop = transforms[crops[0]]
+    if crop.interpolation != T.InterpolationMode.BILINEAR or crop.size[0] != crop.size[1]:
+        return None
+    before = [_as_color_augmentation(t) for t in transforms[: crops[0]]]
+    after = [_as_color_augmentation(t) for t in transforms[crops[0] + 1 :]]
+    if any(a is None for a in before + after):
+        return None
+    if any(a.horizontal_flip or a.gaussian_blur_prob or a.photometric_prob for a in before):
+        return None
+    return before, crop, after
 
 
 class ImageMapper:
@@ -20,6 +68,13 @@ class ImageMapper:
 
     NPID's recipe (VISSL ``npid_8gpu_resnet.yaml``): ``[ColorJitter(0.4, 0.4, 0.4, 0.4),
     RandomResizedCrop(224), RandomHorizontalFlip()]``: the jitter sees the whole image.
+
+    Fast path (when ``transforms`` is colour jitter / :class:`ColorAugmentation` around one square
+    bilinear ``RandomResizedCrop``, as every d2ssl recipe): parameters drawn from the generator, the
+    crop read in one resize, the colour ops on the uint8 crop. Jitter listed before the crop runs
+    after it with the contrast grey level of the whole photo, as the reference computes it; the
+    pointwise ops commute with the resize up to rounding and clipping (and hue, a pointwise but
+    nonlinear map, at edges). Any other list runs as given on PIL images.
     """
 
     def __init__(
@@ -29,16 +84,32 @@ class ImageMapper:
         pixel_std: tuple[float, float, float] = IMAGENET_STD,
     ):
         self.augment = T.Compose(list(transforms))
+        self.plan = fast_plan(list(transforms))
         self.pixel_mean, self.pixel_std = pixel_mean, pixel_std
 
     def __call__(self, dataset_dict: dict, generator: torch.Generator) -> dict:
         image = read_rgb_image(dataset_dict)
-        with torch_rng_from(generator):
-            image = self.augment(image)
+        if self.plan is not None:
+            tensor = self._fast_view(image, generator)
+        else:
+            with torch_rng_from(generator):
+                tensor = to_normalized_tensor(self.augment(image), self.pixel_mean, self.pixel_std)
         out = {
-            "image": to_normalized_tensor(image, self.pixel_mean, self.pixel_std),
+            "image": tensor,
             "image_id": dataset_dict["image_id"],
         }
         if "label" in dataset_dict:
             out["label"] = dataset_dict["label"]
         return out
+
+    def _fast_view(self, image, generator: torch.Generator) -> torch.Tensor:
+        before, crop, after = self.plan
+        means = None
+        if before:  # contrast blends with the whole photo's grey level (PIL: rounded mean of L)
+            means = torch.tensor([float(int(ImageStat.Stat(image.convert("L")).mean[0] + 0.5))])
+        view = random_resized_crop(image, crop.size[0], tuple(crop.scale), generator, tuple(crop.ratio))[None]
+        for op in before:
+            view = op.apply(view, generator, contrast_means=means)
+        for op in after:
+            view = op.apply(view, generator)
+        return normalize_uint8(view[0], self.pixel_mean, self.pixel_std)

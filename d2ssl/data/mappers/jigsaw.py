@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torchvision import transforms as T
+from PIL import Image
 
 from d2ssl.data.image_io import read_rgb_image
 from d2ssl.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
+    ColorAugmentation,
     cut_tiles,
     normalize_per_tile,
-    to_normalized_tensor,
-    torch_rng_from,
+    normalize_uint8,
+    pil_to_uint8,
     validate_permutations,
 )
 
@@ -29,6 +30,11 @@ class JigsawMapper:
 
     ``per_tile_normalization=True`` standardises each tile by its own statistics (Noroozi's
     original code; VISSL normalises the whole crop once, the default here).
+
+    The resize and crop are one PIL resize of the region under the crop; the flip (drawn before the
+    crop in VISSL; a flipped crop at a uniform position has the same law) and grayscale run on the
+    uint8 crop; every parameter comes from the generator. ``decode_min_side``: see
+    ``read_rgb_image`` (off by default).
     """
 
     def __init__(
@@ -42,6 +48,7 @@ class JigsawMapper:
         per_tile_normalization: bool = False,
         pixel_mean: tuple[float, float, float] = IMAGENET_MEAN,
         pixel_std: tuple[float, float, float] = IMAGENET_STD,
+        decode_min_side: int | None = None,
     ):
         permutations = np.asarray(permutations)
         validate_permutations(permutations, grid * grid)
@@ -60,15 +67,10 @@ class JigsawMapper:
         self.tile_size = tile_size
         self.per_tile_normalization = per_tile_normalization
         self.pixel_mean, self.pixel_std = pixel_mean, pixel_std
-        self.augment = T.Compose(
-            [
-                # The shorter side becomes resize_size >= crop_size, so small images are upscaled and
-                # the crop always fits; images with fewer pixels than grid cells are skipped (read).
-                T.Resize(resize_size),
-                T.RandomHorizontalFlip(),
-                T.RandomCrop(crop_size),
-                T.RandomGrayscale(p=grayscale_prob),
-            ]
+        self.resize_size, self.crop_size, self.grayscale_prob = resize_size, crop_size, grayscale_prob
+        self.decode_min_side = decode_min_side
+        self.gray = ColorAugmentation(
+            color_jitter=None, grayscale_prob=grayscale_prob, horizontal_flip=True
         )
 
     @property
@@ -77,13 +79,28 @@ class JigsawMapper:
 
     def __call__(self, dataset_dict: dict, generator: torch.Generator) -> dict:
         # An image narrower than the grid would give tiles cut from the same pixels.
-        image = read_rgb_image(dataset_dict, min_size=self.grid)
-        with torch_rng_from(generator):
-            image = self.augment(image)
-        crop = to_normalized_tensor(image, self.pixel_mean, self.pixel_std)
+        image = read_rgb_image(dataset_dict, min_size=self.grid, decode_min_side=self.decode_min_side)
+        crop = normalize_uint8(self.gray.apply(self._resized_crop(image, generator)[None], generator)[0],
+                               self.pixel_mean, self.pixel_std)
         tiles = cut_tiles(crop, self.grid, self.tile_size, generator)
         perm_index = int(torch.randint(len(self.permutations), (1,), generator=generator))
         tiles = tiles[self.permutations[perm_index]]
         if self.per_tile_normalization:
             tiles = normalize_per_tile(tiles)
         return {"tiles": tiles, "perm_index": perm_index, "image_id": dataset_dict["image_id"]}
+
+
+    def _resized_crop(self, image: Image.Image, generator: torch.Generator) -> torch.Tensor:
+        """``Resize(resize_size)`` then ``RandomCrop(crop_size)``, as one PIL resize of the source region
+        under the crop (the same sampling positions and filter as resizing the whole image)."""
+        width, height = image.size
+        # torchvision's Resize(int) on PIL: the shorter side becomes resize_size, the longer truncated.
+        if width <= height:
+            new_w, new_h = self.resize_size, int(self.resize_size * height / width)
+        else:
+            new_w, new_h = int(self.resize_size * width / height), self.resize_size
+        top = int(torch.randint(0, new_h - self.crop_size + 1, (1,), generator=generator))
+        left = int(torch.randint(0, new_w - self.crop_size + 1, (1,), generator=generator))
+        sx, sy = width / new_w, height / new_h
+        box = (left * sx, top * sy, (left + self.crop_size) * sx, (top + self.crop_size) * sy)
+        return pil_to_uint8(image.resize((self.crop_size, self.crop_size), Image.BILINEAR, box=box))

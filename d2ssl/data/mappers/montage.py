@@ -23,7 +23,12 @@ from d2ssl.data.image_io import read_rgb_image
 from d2ssl.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
+    ColorAugmentation,
     color_augmentation,
+    normalize_uint8,
+    pil_to_uint8,
+    random_resized_crop_box,
+    resized_crop,
     to_normalized_tensor,
     torch_rng_from,
 )
@@ -70,6 +75,12 @@ class JigsawClusteringMapper:
 
     The reference blurs with PIL's ``GaussianBlur(radius=sigma)``; the shared ``color_augmentation``
     uses torchvision's Gaussian kernel with the same sigma range.
+
+    With a :class:`ColorAugmentation`, each patch's crop box is drawn from the generator and read
+    from the photo in one resize (the random-resized crop of the quadrant, composed with the
+    quadrant's box), and the 4 patches are augmented as one uint8 batch. ``decode_min_side``: see
+    ``read_rgb_image`` (off by default; a patch is at most 0.8 of the photo's side, so
+    ``patch_size / 0.8`` keeps the crops at or above their output resolution on average).
     """
 
     def __init__(
@@ -80,17 +91,33 @@ class JigsawClusteringMapper:
         augmentation: Callable | None = None,
         pixel_mean: tuple[float, float, float] = IMAGENET_MEAN,
         pixel_std: tuple[float, float, float] = IMAGENET_STD,
+        decode_min_side: int | None = None,
     ):
         if not 0.0 <= cross_ratio < 0.5:
             raise ValueError(f"cross_ratio must be in [0, 0.5), got {cross_ratio}")
         self.cross_ratio = cross_ratio
+        self.patch_size, self.crop_scale = patch_size, tuple(crop_scale)
+        self.decode_min_side = decode_min_side
         self.crop = T.RandomResizedCrop(patch_size, scale=tuple(crop_scale))
         self.augmentation = augmentation if augmentation is not None else default_jigclu_augmentation()
         self.pixel_mean, self.pixel_std = pixel_mean, pixel_std
 
     def __call__(self, dataset_dict: dict, generator: torch.Generator) -> dict:
-        image = read_rgb_image(dataset_dict)
+        image = read_rgb_image(dataset_dict, decode_min_side=self.decode_min_side)
         boxes = overlapping_quadrant_boxes(*image.size, self.cross_ratio)
+        if isinstance(self.augmentation, ColorAugmentation):
+            crops = []
+            for box in boxes:
+                # PIL's crop rounds a float box: the quadrant as the reference crops it.
+                left, upper, right, lower = (int(round(x)) for x in box)
+                top, left_in, h, w = random_resized_crop_box(
+                    right - left, lower - upper, self.crop_scale, generator
+                )
+                crop = resized_crop(image, (upper + top, left + left_in, h, w), self.patch_size)
+                crops.append(pil_to_uint8(crop))
+            patches = self.augmentation.apply(torch.stack(crops), generator)
+            patches = normalize_uint8(patches, self.pixel_mean, self.pixel_std)
+            return {"patches": patches, "image_id": dataset_dict["image_id"]}
         with torch_rng_from(generator):
             crops = [self.augmentation(self.crop(image.crop(box))) for box in boxes]
         patches = torch.stack([to_normalized_tensor(c, self.pixel_mean, self.pixel_std) for c in crops])

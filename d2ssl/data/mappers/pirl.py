@@ -14,7 +14,16 @@ from PIL import Image
 from torchvision import transforms as T
 
 from d2ssl.data.image_io import read_rgb_image
-from d2ssl.data.transforms import IMAGENET_MEAN, IMAGENET_STD, cut_tiles, to_normalized_tensor, torch_rng_from
+from d2ssl.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ColorAugmentation,
+    cut_tiles,
+    normalize_uint8,
+    random_resized_crop,
+    to_normalized_tensor,
+    torch_rng_from,
+)
 
 
 class PIRLMapper:
@@ -30,6 +39,10 @@ class PIRLMapper:
       normalisation. VISSL: ``color_augmentation(color_jitter=(0.4, 0.4, 0.4, 0.2),
       color_jitter_prob=1, photometric_prob=0.66, grayscale_prob=0.2)`` (flip included), or
       ``photo_gblur_augmentation()``.
+
+    With a :class:`ColorAugmentation` (or none), every parameter is drawn from the generator and the
+    views are augmented as two uint8 batches (the image; the tiles); any other callable runs on PIL
+    views under :func:`torch_rng_from`. ``decode_min_side``: see ``read_rgb_image`` (off by default).
     """
 
     def __init__(
@@ -43,6 +56,7 @@ class PIRLMapper:
         tile_size: int = 64,
         pixel_mean: tuple[float, float, float] = IMAGENET_MEAN,
         pixel_std: tuple[float, float, float] = IMAGENET_STD,
+        decode_min_side: int | None = None,
     ):
         if tile_size > patch_crop_size // grid:
             raise ValueError(
@@ -51,6 +65,9 @@ class PIRLMapper:
                 "patch_crop_size // grid"
             )
         self.augmentation = augmentation
+        self.image_size, self.image_scale = image_size, tuple(image_scale)
+        self.patch_crop_size, self.patch_crop_scale = patch_crop_size, tuple(patch_crop_scale)
+        self.decode_min_side = decode_min_side
         self.image_crop = T.RandomResizedCrop(image_size, scale=tuple(image_scale))
         self.patch_crop = T.RandomResizedCrop(patch_crop_size, scale=tuple(patch_crop_scale))
         self.grid = grid
@@ -62,7 +79,9 @@ class PIRLMapper:
         return self.grid * self.grid
 
     def __call__(self, dataset_dict: dict, generator: torch.Generator) -> dict:
-        image = read_rgb_image(dataset_dict)
+        image = read_rgb_image(dataset_dict, decode_min_side=self.decode_min_side)
+        if self.augmentation is None or isinstance(self.augmentation, ColorAugmentation):
+            return self._fast_views(image, generator, dataset_dict["image_id"])
         with torch_rng_from(generator):
             views = [self.image_crop(image)]
             patch_crop = torch.from_numpy(np.array(self.patch_crop(image))).permute(2, 0, 1)
@@ -78,4 +97,20 @@ class PIRLMapper:
             "tiles": torch.stack(tensors[1:]),
             "tile_order": tile_order,
             "image_id": dataset_dict["image_id"],
+        }
+
+    def _fast_views(self, image, generator: torch.Generator, image_id) -> dict:
+        view = random_resized_crop(image, self.image_size, self.image_scale, generator)[None]
+        patch_crop = random_resized_crop(image, self.patch_crop_size, self.patch_crop_scale, generator)
+        tiles = cut_tiles(patch_crop, self.grid, self.tile_size, generator)
+        tile_order = torch.randperm(self.num_tiles, generator=generator)
+        tiles = tiles[tile_order]
+        if self.augmentation is not None:
+            view = self.augmentation.apply(view, generator)
+            tiles = self.augmentation.apply(tiles, generator)
+        return {
+            "image": normalize_uint8(view[0], self.pixel_mean, self.pixel_std),
+            "tiles": normalize_uint8(tiles, self.pixel_mean, self.pixel_std),
+            "tile_order": tile_order,
+            "image_id": image_id,
         }

@@ -12,7 +12,10 @@ from d2ssl.data.image_io import read_rgb_image
 from d2ssl.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
+    ColorAugmentation,
     color_augmentation,
+    normalize_uint8,
+    random_resized_crop,
     to_normalized_tensor,
     torch_rng_from,
 )
@@ -53,12 +56,15 @@ class RotationMapper:
         rotations_per_image: int = NUM_ROTATIONS,
         pixel_mean: tuple[float, float, float] = IMAGENET_MEAN,
         pixel_std: tuple[float, float, float] = IMAGENET_STD,
+        decode_min_side: int | None = None,
     ):
         if not 1 <= rotations_per_image <= NUM_ROTATIONS:
             raise ValueError(
                 f"rotations_per_image must be between 1 and {NUM_ROTATIONS}, got {rotations_per_image}"
             )
         self.rotations_per_image = rotations_per_image
+        self.crop_size, self.crop_scale = crop_size, tuple(crop_scale)
+        self.decode_min_side = decode_min_side
         self.crop = T.RandomResizedCrop(crop_size, scale=tuple(crop_scale))
         if augmentation is None:
             augmentation = color_augmentation(color_jitter=None, grayscale_prob=0.0, horizontal_flip=True)
@@ -66,10 +72,15 @@ class RotationMapper:
         self.pixel_mean, self.pixel_std = pixel_mean, pixel_std
 
     def __call__(self, dataset_dict: dict, generator: torch.Generator) -> dict:
-        image = read_rgb_image(dataset_dict)
-        with torch_rng_from(generator):
-            image = self.augmentation(self.crop(image))
-        crop = to_normalized_tensor(image, self.pixel_mean, self.pixel_std)
+        image = read_rgb_image(dataset_dict, decode_min_side=self.decode_min_side)
+        if isinstance(self.augmentation, ColorAugmentation):
+            view = random_resized_crop(image, self.crop_size, self.crop_scale, generator)[None]
+            view = self.augmentation.apply(view, generator)
+            crop = normalize_uint8(view[0], self.pixel_mean, self.pixel_std)
+        else:  # any PIL transform
+            with torch_rng_from(generator):
+                image = self.augmentation(self.crop(image))
+            crop = to_normalized_tensor(image, self.pixel_mean, self.pixel_std)
         if self.rotations_per_image == NUM_ROTATIONS:
             labels = torch.arange(NUM_ROTATIONS)
         else:
