@@ -1,0 +1,73 @@
+# ClusterFit step 1 (Yan et al., CVPR 2020) on ImageNet-1k with ResNet-50, after VISSL's
+# configs/config/pretrain/clusterfit/cluster_features_resnet_8gpu_imagenet.yaml and
+# tools/cluster_features_and_label.py: res5 features (global average pool, VISSL's AvgPool2d 7x7 of a 224
+# crop) of any trunk d2ssl can load, on the deterministic view (Resize 256, CenterCrop 224), L2-normalised,
+# faiss k-means into 16000 clusters with 50 iterations; each training image's cluster id is its
+# pseudo-label for step 2 (configs/clusterfit/clusterfit_R50.py), and the val split is assigned to the
+# nearest centroid (VISSL's TEST_PARTITION).
+#
+#   python tools/cluster_features.py --config-file configs/clusterfit/cluster_features_R50.py --num-gpus 8 \
+#       train.weights_init.PARAMS_FILE=output/rotnet_R50/model_final.pth
+#
+# Writes to clustering.OUTPUT_DIR: imagenet1k_train_N16000_faiss_lbls.npy (the labels_file of step 2),
+# the centroids, the val split's labels, clustering_summary.json (sizes, empty clusters, objective per
+# iteration, time, NMI/ARI/purity against the true classes) and clustering.png.
+from detectron2.config import LazyCall as L
+
+from d2ssl.data.datasets import load_image_folder
+from d2ssl.data.mappers import ClassificationMapper
+
+from ..common.models import r50_trunk
+from ..common.train import train
+
+# The trunk alone: the pretext head of the checkpoint is skipped (VISSL's SKIP_LAYERS "heads").
+model = r50_trunk()
+
+dataloader = dict(
+    # VISSL's DATA_PARTITION TRAIN / TEST_PARTITION TEST: the images to cluster and the held-out split.
+    train=dict(
+        dataset=L(load_image_folder)(root="datasets/imagenet/train"),
+        mapper=L(ClassificationMapper)(train=False, resize_size=256, crop_size=224),
+    ),
+    test=dict(
+        dataset=L(load_image_folder)(root="datasets/imagenet/val"),
+        mapper=L(ClassificationMapper)(train=False, resize_size=256, crop_size=224),
+    ),
+)
+
+train.weights_init.PARAMS_FILE = ""  # the trunk to cluster with: any layout d2ssl.checkpoint reads
+train.weights_init.SKIP_LAYERS = ["num_batches_tracked", "heads"]  # VISSL's WEIGHTS_INIT.SKIP_LAYERS
+
+# d2ssl.evaluation.features.extract_from_config: one shard per process, memory-mapped .npy per split.
+extraction = dict(
+    layers=["res5"],
+    pooling="avg",
+    batch_size=32,  # per process: VISSL's BATCHSIZE_PER_REPLICA
+    num_workers=5,  # VISSL's NUM_DATALOADER_WORKERS
+    output_dir="output/cluster_features_R50/features",
+    splits=["train", "test"],
+    reuse=True,
+)
+
+# VISSL's CLUSTERFIT section, same names and defaults; SEED, L2_NORMALIZE and USE_GPU are d2ssl's
+# (VISSL always L2-normalises, uses faiss's default seed 1234 and the CPU faiss it was built with).
+clustering = dict(
+    NUM_CLUSTERS=16000,
+    N_ITER=50,
+    SEED=0,
+    L2_NORMALIZE=True,
+    USE_GPU=None,  # None: faiss on the GPU when faiss-gpu sees one (pip install -e '.[gpu]'), else the CPU
+    OUTPUT_DIR="output/cluster_features_R50",
+    FEATURES=dict(
+        # True: extract (a finished extraction with the same data, view and weights is reused);
+        # False: read already extracted features from PATH (empty: extraction.output_dir). VISSL's tool
+        # extracts whatever EXTRACT says.
+        EXTRACT=True,
+        PATH="",
+        DATA_PARTITION="train",  # a dataloader split (VISSL: TRAIN)
+        TEST_PARTITION="test",  # null: no held-out assignment (VISSL: TEST)
+        DATASET_NAME="imagenet1k",  # prefix of the output files, as VISSL's
+        LAYER_NAME="res5",
+        DIMENSIONALITY_REDUCTION=0,  # PCA output dims (faiss PCAMatrix), 0: none
+    ),
+)
