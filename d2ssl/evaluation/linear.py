@@ -1,0 +1,174 @@
+"""Linear benchmarks (frozen trunk) and semi-supervised fine-tuning, trained with detectron2's loop.
+
+``do_linear_benchmark(cfg, resume)`` is ``d2ssl.engine.train_loop.do_train`` plus evaluation: a
+config (``configs/eval/*.py``) has a ``TrunkClassifier`` model (``d2ssl.evaluation.models``),
+``dataloader.train`` (``build_ssl_train_loader``: resumable, exact), ``dataloader.test`` (detectron2's
+``build_detection_test_loader``, sharded over processes) and ``dataloader.evaluator``
+(``ClassificationEvaluator``). The trunk comes from ``train.weights_init`` (any layout
+``d2ssl.checkpoint.load`` reads; the pretraining heads are not loaded); the classifier heads start
+from their initialisation.
+
+Every ``train.eval_period`` iterations and at the end, ``EvalHook`` runs ``inference_on_dataset``;
+top-1/top-5 of every head (``<head>/top1``) and of the best head (``top1``) go to the event storage
+(log, ``metrics.json``, TensorBoard) and ``model_best.pth`` keeps the weights of the best ``top1``.
+The best scores are part of the trainer state, so a resumed run reports what an uninterrupted one
+reports.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+from detectron2.config import instantiate
+from detectron2.engine import AMPTrainer, SimpleTrainer, default_writers, hooks
+from detectron2.engine.defaults import create_ddp_model
+from detectron2.evaluation import inference_on_dataset
+from detectron2.utils import comm
+from omegaconf import DictConfig
+
+from d2ssl.checkpoint.load import load_weights_init
+from d2ssl.config import instantiate_dataset
+from d2ssl.engine.checkpointer import AtomicCheckpointer
+from d2ssl.engine.hooks import PeriodicCheckpointer, RandomStateCheckpoint, ResumeDataOrder
+from d2ssl.engine.train_loop import allows_pickle, instantiate_with, scale_to_world_size, setup_from_args
+
+logger = logging.getLogger("d2ssl")
+
+BEST_METRIC = "top1"
+
+
+class _BestFileCheckpointer(AtomicCheckpointer):
+    """Writes ``model_best.pth`` without pointing ``last_checkpoint`` at it: resume must continue
+    from the latest periodic checkpoint, not from the best one."""
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        pass
+
+
+def _is_accuracy(key: str) -> bool:
+    return key.rsplit("/", 1)[-1].startswith("top")
+
+
+class BestAccuracy(hooks.BestCheckpointer):
+    """detectron2's ``BestCheckpointer`` on ``top1`` that also keeps, across resumes:
+
+    - ``best_results``: every accuracy logged at the best ``top1`` evaluation (``top5`` included);
+    - ``best_per_key``: the highest value of each accuracy over all evaluations (VISSL reports the
+      best epoch of every layer separately).
+    """
+
+    def __init__(self, eval_period: int, checkpointer, val_metric: str = BEST_METRIC):
+        super().__init__(eval_period, checkpointer, val_metric, mode="max")
+        self.best_results: dict[str, float] = {}
+        self.best_per_key: dict[str, float] = {}
+
+    def _best_checking(self) -> None:
+        latest = self.trainer.storage.latest()
+        accuracies = {k: float(v) for k, (v, _) in latest.items() if _is_accuracy(k)}
+        for k, v in accuracies.items():
+            self.best_per_key[k] = max(v, self.best_per_key.get(k, -math.inf))
+        before = (self.best_metric, self.best_iter)
+        super()._best_checking()
+        if (self.best_metric, self.best_iter) != before:
+            self.best_results = accuracies
+
+    def state_dict(self) -> dict:
+        return {"best_metric": self.best_metric, "best_iter": self.best_iter,
+                "best_results": dict(self.best_results), "best_per_key": dict(self.best_per_key)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best_metric, self.best_iter = state["best_metric"], state["best_iter"]
+        self.best_results, self.best_per_key = dict(state["best_results"]), dict(state["best_per_key"])
+
+    def summary(self) -> dict[str, float]:
+        """``top1``/``top5`` of the best evaluation, then each ``<head>/topk`` at its own best."""
+        out = {k: v for k, v in self.best_results.items() if "/" not in k}
+        out.update({k: v for k, v in self.best_per_key.items() if "/" in k})
+        if self.best_iter is not None:
+            out["best_iter"] = float(self.best_iter)
+        return out
+
+
+def do_linear_benchmark(cfg: DictConfig, resume: bool = False) -> dict[str, float]:
+    """Trains the classifier(s) of ``cfg`` and evaluates them; see the module docstring.
+
+    Returns ``{"top1": best validation top-1 (best head), "top5": top-5 of that evaluation,
+    "<head>/top1": best top-1 of each head, ..., "best_iter": ...}`` (percent), the same on every
+    process. With ``resume=True`` it continues from ``train.output_dir/last_checkpoint`` exactly
+    (weights, optimizer, scheduler, data order, random state, best scores).
+    """
+    scale_to_world_size(cfg, comm.get_world_size())
+    dataset = instantiate_dataset(cfg.dataloader.train.dataset, "dataloader.train.dataset")
+    if cfg.train.get("epochs") is not None:
+        batch = cfg.dataloader.train.total_batch_size
+        cfg.train.max_iter = math.ceil(cfg.train.epochs * len(dataset) / batch)
+    logger.info("training on %d images for %d iterations", len(dataset), cfg.train.max_iter)
+
+    model = instantiate(cfg.model)
+    # Trunk weights only; the classifier keeps its initialisation (JigClu: fc missing by design).
+    load_weights_init(model, cfg.train.get("weights_init"))
+    model.to(cfg.train.device)
+    cfg.optimizer.params.model = model
+    optimizer = instantiate(cfg.optimizer)
+    optimized = [p for g in optimizer.param_groups for p in g["params"]]
+    logger.info("optimizing %d tensors (%d values)", len(optimized), sum(p.numel() for p in optimized))
+    train_loader = instantiate_with(cfg.dataloader.train, dataset=dataset)
+    test_loader = instantiate_with(cfg.dataloader.test, dataset=instantiate_dataset(
+        cfg.dataloader.test.dataset, "dataloader.test.dataset"))
+    evaluator = instantiate(cfg.dataloader.evaluator)
+
+    model = create_ddp_model(model, **cfg.train.ddp)
+    trainer = (AMPTrainer if cfg.train.amp.enabled else SimpleTrainer)(model, train_loader, optimizer)
+    pickle = allows_pickle(cfg)
+    checkpointer = AtomicCheckpointer(model, cfg.train.output_dir, allow_pickle=pickle, trainer=trainer)
+    eval_period = cfg.train.get("eval_period") or 0
+    best_file = _BestFileCheckpointer(model, cfg.train.output_dir, allow_pickle=pickle, trainer=trainer)
+    best = BestAccuracy(eval_period, best_file)
+    trainer.register_hooks(
+        [
+            hooks.IterationTimer(),
+            ResumeDataOrder(train_loader.batch_sampler.sampler),
+            RandomStateCheckpoint(period=cfg.train.checkpointer.period),
+            hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
+            # Evaluation before the periodic checkpoint: a checkpoint at an evaluation iteration holds
+            # the best scores including that evaluation.
+            hooks.EvalHook(eval_period, lambda: inference_on_dataset(model, test_loader, evaluator)),
+            best,
+            PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if comm.is_main_process() else None,
+            hooks.PeriodicWriter(
+                default_writers(cfg.train.output_dir, cfg.train.max_iter), period=cfg.train.log_period
+            )
+            if comm.is_main_process()
+            else None,
+        ]
+    )
+    checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=resume)
+    start_iter = trainer.iter + 1 if resume and checkpointer.has_checkpoint() else 0
+    trainer.train(start_iter, cfg.train.max_iter)
+    summary = best.summary()
+    logger.info("best validation accuracy: %s", summary)
+    return summary
+
+
+def main(args) -> dict[str, float]:
+    """Entry point of ``tools/train_linear.py`` in each launched process (``--eval-only``: evaluate
+    ``train.init_checkpoint`` or the resumed checkpoint without training)."""
+    cfg = setup_from_args(args)
+    if args.eval_only:
+        return evaluate_only(cfg, resume=args.resume)
+    return do_linear_benchmark(cfg, resume=args.resume)
+
+
+def evaluate_only(cfg: DictConfig, resume: bool = False) -> dict:
+    """Top-1/top-5 of the model in ``train.init_checkpoint`` (or ``output_dir``'s last checkpoint
+    with ``resume``) on ``dataloader.test``."""
+    model = instantiate(cfg.model)
+    load_weights_init(model, cfg.train.get("weights_init"))
+    model.to(cfg.train.device)
+    checkpointer = AtomicCheckpointer(model, cfg.train.output_dir, allow_pickle=allows_pickle(cfg))
+    checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=resume)
+    test_loader, evaluator = instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator)
+    results = inference_on_dataset(model, test_loader, evaluator)
+    logger.info("evaluation: %s", results)
+    return results
