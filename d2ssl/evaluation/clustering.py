@@ -388,3 +388,18 @@ def cluster_from_config(cfg) -> ClusteringOutputs | None:
         test_labels=None if test is None else test.labels,
         use_gpu=c.USE_GPU,
     )
+
+
+def main(args) -> dict:
+    """Entry point of ``tools/cluster_features.py`` in each launched process: the config (``key=value``
+    overrides checked against it), then ``cluster_from_config``; returns the summary (main process)."""
+    from detectron2.config import LazyConfig
+    from detectron2.utils import comm
+    from detectron2.utils.logger import setup_logger
+
+    from d2ssl.engine.train_loop import apply_overrides
+
+    cfg = apply_overrides(LazyConfig.load(args.config_file), args.opts, args.config_file)
+    setup_logger(cfg.clustering.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="d2ssl")
+    outputs = cluster_from_config(cfg)
+    return outputs.summary if outputs is not None else {}

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import runpy
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +21,7 @@ from d2ssl.evaluation.clustering import (
 )
 
 NUM_IMAGES = 1500
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -162,3 +166,25 @@ def test_labels_file_is_never_unpickled(tmp_path):
     np.save(path, np.array([1, "x", None], dtype=object), allow_pickle=True)
     with pytest.raises(DatasetError, match="labels.npy"):
         attach_labels([{"image_id": i} for i in range(3)], str(path))
+
+
+def test_cluster_features_tool_runs_step_one_and_reclusters_cached_features(tmp_path, monkeypatch):
+    # A randomly initialised tiny trunk (no weights file) on 300 + 100 real photos.
+    out = tmp_path / "cluster"
+    argv = ["--config-file", str(REPO / "configs" / "tiny" / "clusterfit_cluster.py"), "--num-gpus", "0",
+            "train.weights_init.PARAMS_FILE=", "dataloader.train.dataset.limit=300",
+            "dataloader.test.dataset.limit=100", "clustering.NUM_CLUSTERS=6", "clustering.N_ITER=5",
+            f"extraction.output_dir={out / 'features'}", f"clustering.OUTPUT_DIR={out}"]
+    monkeypatch.setattr(sys, "argv", ["cluster_features.py", *argv])
+    runpy.run_path(str(REPO / "tools" / "cluster_features.py"), run_name="__main__")
+    summary = json.loads((out / "clustering_summary.json").read_text())
+    ids = np.load(out / "fashion_mnist_train_N6_faiss_lbls.npy")
+    assert ids.shape == (300,) and summary["NUM_CLUSTERS"] == 6 and summary["feature_dim"] == 128
+    assert np.load(out / "fashion_mnist_test_N6_faiss_lbls.npy").shape == (100,)
+    assert 0 <= summary["train_quality"]["nmi"] <= 1 and summary["test_quality"]["num_labelled"] == 100
+    # VISSL's FEATURES.EXTRACT False: cluster the cached features again, same seed, same clusters.
+    monkeypatch.setattr(sys, "argv", ["cluster_features.py", *argv, "clustering.FEATURES.EXTRACT=False",
+                                      f"clustering.FEATURES.PATH={out / 'features'}",
+                                      f"clustering.OUTPUT_DIR={out / 'again'}"])
+    runpy.run_path(str(REPO / "tools" / "cluster_features.py"), run_name="__main__")
+    np.testing.assert_array_equal(np.load(out / "again" / "fashion_mnist_train_N6_faiss_lbls.npy"), ids)
