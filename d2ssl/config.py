@@ -30,8 +30,9 @@ REQUIRED_TRAIN_KEYS = ("output_dir", "max_iter", "device", "checkpointer", "log_
 # Every key the training loop reads from ``train``; anything else is a typo. Add new keys here.
 OPTIONAL_TRAIN_KEYS = (
     "init_checkpoint", "weights_init", "epochs", "seed", "reference_world_size", "cudnn_benchmark",
-    "eval_period", "precise_bn",
+    "eval_period", "precise_bn", "channels_last",
 )
+AMP_PRECISIONS = ("float16", "bfloat16")
 CHECKPOINTER_KEYS = ("period", "max_to_keep", "file_prefix")
 _DEVICE = re.compile(r"^(cpu|cuda(:\d+)?|mps)$")
 
@@ -76,6 +77,11 @@ def validate_config(cfg: DictConfig, config_file: str = "<config>") -> None:
     amp = cfg.train.amp.get("enabled", False)
     if not isinstance(amp, bool):
         raise ConfigError(f"{config_file}: train.amp.enabled must be true or false, got {amp!r}")
+    precision = cfg.train.amp.get("precision")
+    if precision is not None and precision not in AMP_PRECISIONS:
+        raise ConfigError(
+            f"{config_file}: train.amp.precision must be one of {AMP_PRECISIONS} or null, got {precision!r}"
+        )
     check_call_arguments(cfg, config_file)
 
 

@@ -20,7 +20,13 @@ train = dict(
     max_iter=90000,
     # If set, max_iter = ceil(epochs * data set size / total_batch_size), computed at start.
     epochs=None,
-    amp=dict(enabled=False),
+    # Mixed precision (d2ssl.engine.train_loop.build_trainer): detectron2's AMPTrainer on CUDA; on CPU
+    # torch.autocast with bfloat16. precision: "float16" | "bfloat16" | None (float16 on CUDA, bfloat16
+    # on CPU). The NCE memory bank, Z and scores stay float32 either way (d2ssl.losses.nce).
+    amp=dict(enabled=False, precision=None),
+    # Trunk weights and activations in channels-last memory format (faster convolutions with AMP on
+    # tensor-core GPUs); the numbers are the same, checkpoints unchanged.
+    channels_last=False,
     ddp=dict(broadcast_buffers=False, find_unused_parameters=False, fp16_compression=False),
     # max_to_keep: keep the last K periodic checkpoints (the final one is always kept).
     checkpointer=dict(period=5000, max_to_keep=5),

@@ -20,9 +20,12 @@ class ResumeDataOrder(HookBase):
     ``ResumableTrainingSampler`` to the trainer's start iteration, so the resumed run sees the
     samples and augmentations an uninterrupted run would.
 
-    Its state (data set size, batch size, seed) goes into checkpoints: resuming on a data set of
-    another size is an error (the stream, and NPID/PIRL memory-bank indices, would not continue);
-    another batch size or seed only warns, since the run can go on, just not identically.
+    Its state (data set size, batch size, seed, number of processes) goes into checkpoints: resuming
+    on a data set of another size is an error (the stream, and NPID/PIRL memory-bank indices, would
+    not continue); another batch size or seed only warns, since the run can go on, just not
+    identically. On another number of processes with the same total batch size, every step reads the
+    same global batch (only its split over the ranks changes); with another total batch size too
+    (linear scaling to the new world size), the resumed stream would skip or repeat images: refused.
     """
 
     def __init__(self, sampler):
@@ -36,6 +39,7 @@ class ResumeDataOrder(HookBase):
             "dataset_size": self.sampler.size,
             "total_batch_size": self.sampler.total_batch_size,
             "seed": self.sampler.seed,
+            "world_size": self.sampler.world_size,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -44,6 +48,21 @@ class ResumeDataOrder(HookBase):
                 f"the checkpoint was trained on a data set of {state['dataset_size']} images, this run has "
                 f"{self.sampler.size}: resume needs the same data set (use train.init_checkpoint to start "
                 f"a new run from its weights)"
+            )
+        world_size = state.get("world_size", self.sampler.world_size)  # absent in older checkpoints
+        if world_size != self.sampler.world_size:
+            if state["total_batch_size"] != self.sampler.total_batch_size:
+                raise ValueError(
+                    f"the checkpoint was trained with dataloader.train.total_batch_size="
+                    f"{state['total_batch_size']} on {world_size} processes, this run has "
+                    f"total_batch_size={self.sampler.total_batch_size} on {self.sampler.world_size}: resume "
+                    f"on another number of processes needs the same total batch size (set "
+                    f"dataloader.train.total_batch_size={state['total_batch_size']} and "
+                    f"train.reference_world_size=0), or start a new run with train.init_checkpoint"
+                )
+            logger.warning(
+                "resuming a run of %d processes on %d: the same images per step (data order exact), split "
+                "differently over the ranks", world_size, self.sampler.world_size,
             )
         for key, now in (("total_batch_size", self.sampler.total_batch_size), ("seed", self.sampler.seed)):
             if state[key] != now:

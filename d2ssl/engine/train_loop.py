@@ -14,6 +14,7 @@ import logging
 import math
 from typing import Any
 
+import torch
 from detectron2.config import LazyConfig, instantiate
 from detectron2.engine import AMPTrainer, SimpleTrainer, default_setup, default_writers, hooks
 from detectron2.engine.defaults import create_ddp_model
@@ -21,6 +22,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from detectron2.utils.registry import locate
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from torch import nn
 
 from d2ssl.checkpoint.load import load_weights_init
 from d2ssl.config import (
@@ -32,6 +34,7 @@ from d2ssl.config import (
 )
 from d2ssl.engine.checkpointer import AtomicCheckpointer
 from d2ssl.engine.hooks import PeriodicCheckpointer, RandomStateCheckpoint, ResumeDataOrder
+from d2ssl.utils.distributed import sync_batchnorm_on_cpu
 
 logger = logging.getLogger("d2ssl")
 
@@ -148,6 +151,42 @@ def instantiate_with(node: DictConfig, **objects: Any) -> Any:
     return target(**kwargs, **objects)
 
 
+class Autocast(nn.Module):
+    """Runs ``model``'s forward (losses included) under ``torch.autocast(device_type, dtype)``.
+
+    detectron2's ``AMPTrainer`` asserts CUDA; on CPU, ``SimpleTrainer`` drives this wrapper instead
+    (bfloat16 has float32's range: no loss scaling). Only the trainer sees the wrapper; the
+    checkpointer keeps the bare (or DDP) model, so checkpoints are unchanged.
+    """
+
+    def __init__(self, model: nn.Module, device_type: str, dtype: torch.dtype):
+        super().__init__()
+        self.module = model
+        self.device_type = device_type
+        self.dtype = dtype
+
+    def forward(self, *args, **kwargs):
+        with torch.autocast(self.device_type, dtype=self.dtype):
+            return self.module(*args, **kwargs)
+
+
+def build_trainer(model: nn.Module, data_loader, optimizer, train_cfg: DictConfig) -> SimpleTrainer:
+    """``SimpleTrainer``, or with ``train.amp.enabled`` mixed precision: detectron2's ``AMPTrainer``
+    (``train.amp.precision``, default float16) on CUDA; on CPU bfloat16 autocast (``Autocast``)."""
+    amp = train_cfg.amp
+    if not amp.enabled:
+        return SimpleTrainer(model, data_loader, optimizer)
+    device_type = torch.device(train_cfg.device).type
+    precision = amp.get("precision") or ("float16" if device_type == "cuda" else "bfloat16")
+    if device_type == "cuda":
+        return AMPTrainer(model, data_loader, optimizer, precision=getattr(torch, precision))
+    if precision != "bfloat16":
+        raise ValueError(
+            f"train.amp.precision={precision!r} on {train_cfg.device}: CPU autocast needs bfloat16"
+        )
+    return SimpleTrainer(Autocast(model, device_type, torch.bfloat16), data_loader, optimizer)
+
+
 def do_train(cfg: DictConfig, resume: bool = False) -> dict[str, float]:
     """Trains ``cfg`` (a LazyConfig with ``model``, ``dataloader.train``, ``optimizer``,
     ``lr_multiplier``, ``train``) and returns the latest logged scalars.
@@ -168,12 +207,18 @@ def do_train(cfg: DictConfig, resume: bool = False) -> dict[str, float]:
     # Trunk weights from another run or code base; init_checkpoint / resume below override them.
     load_weights_init(model, cfg.train.get("weights_init"))
     model.to(cfg.train.device)
+    if comm.get_world_size() > 1 and cfg.train.device == "cpu":
+        sync_batchnorm_on_cpu(model)  # torch's SyncBatchNorm is CUDA-only
+    if cfg.train.get("channels_last"):
+        model.to(memory_format=torch.channels_last)
     cfg.optimizer.params.model = model
     optimizer = instantiate(cfg.optimizer)
     train_loader = instantiate_with(cfg.dataloader.train, dataset=dataset)
 
-    model = create_ddp_model(model, **cfg.train.ddp)
-    trainer = (AMPTrainer if cfg.train.amp.enabled else SimpleTrainer)(model, train_loader, optimizer)
+    # On CPU, DDP takes no device_ids (detectron2 passes the local rank, a CUDA device index).
+    cpu = torch.device(cfg.train.device).type == "cpu"
+    model = create_ddp_model(model, **cfg.train.ddp, **({"device_ids": None} if cpu else {}))
+    trainer = build_trainer(model, train_loader, optimizer, cfg.train)
     checkpointer = AtomicCheckpointer(model, cfg.train.output_dir, allow_pickle=allows_pickle(cfg),
                                       trainer=trainer)
     trainer.register_hooks(

@@ -1,10 +1,13 @@
-"""Gathering tensors across data-parallel ranks (memory-bank updates, JigClu's global batch)."""
+"""Gathering tensors across data-parallel ranks (memory-bank updates, JigClu's global batch), and
+BatchNorm statistics synced across CPU processes."""
 
 from __future__ import annotations
 
 import torch
 import torch.distributed as dist
+from detectron2.layers import NaiveSyncBatchNorm
 from detectron2.utils import comm
+from torch import nn
 
 
 class _AllGatherWithGradient(torch.autograd.Function):
@@ -51,3 +54,27 @@ def all_gather_rows(tensor: torch.Tensor, differentiable: bool = False) -> torch
     gathered = [torch.empty_like(padded) for _ in range(world_size)]
     dist.all_gather(gathered, padded.contiguous())
     return torch.cat([g[:n] for g, n in zip(gathered, sizes)])
+
+
+def sync_batchnorm_on_cpu(module: nn.Module) -> nn.Module:
+    """Replaces, in place, every ``nn.SyncBatchNorm`` (detectron2's ``norm="SyncBN"``) of ``module``
+    by detectron2's ``NaiveSyncBatchNorm`` with the same parameters and statistics, and returns it.
+
+    ``nn.SyncBatchNorm`` refuses CPU tensors; ``NaiveSyncBatchNorm`` all-reduces the per-rank means
+    and mean squares through any backend (gloo), so multi-process CPU runs keep the config's BN
+    choice. With equal per-rank batches its normalisation is that of the global batch; it differs
+    from ``nn.SyncBatchNorm`` only in keeping the biased variance in ``running_var``. For
+    ``(N, C, H, W)`` inputs (trunks).
+    """
+    for name, child in module.named_children():
+        if isinstance(child, nn.SyncBatchNorm):
+            replacement = NaiveSyncBatchNorm(
+                child.num_features, eps=child.eps, momentum=child.momentum, affine=child.affine,
+                track_running_stats=child.track_running_stats,
+            ).to(device=child.weight.device if child.affine else None)
+            replacement.load_state_dict(child.state_dict())
+            replacement.train(child.training)
+            setattr(module, name, replacement)
+        else:
+            sync_batchnorm_on_cpu(child)
+    return module

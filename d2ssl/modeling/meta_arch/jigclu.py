@@ -95,10 +95,14 @@ class JigsawClustering(SSLMetaArch):
     def losses(self, batched_inputs: Sequence[dict]) -> dict[str, torch.Tensor]:
         montages, cluster_labels, location_labels = self.montage_batch(self.stack(batched_inputs, "patches"))
         features = self.patch_features(montages)
-        embeddings = F.normalize(self.cluster_head(features), dim=1)
-        loss_clu = self.cluster_loss(embeddings, cluster_labels)
-        location_logits = self.location_head(features)
-        loss_loc = F.cross_entropy(location_logits, location_labels)
+        # Heads and losses in float32 under mixed precision: the contrastive loss exponentiates
+        # similarities / 0.3, which a bfloat16 (or float16) matmul leaves off by ~1%.
+        with torch.autocast(device_type=features.device.type, enabled=False):
+            features = features.float()
+            embeddings = F.normalize(self.cluster_head(features), dim=1)
+            loss_clu = self.cluster_loss(embeddings, cluster_labels)
+            location_logits = self.location_head(features)
+            loss_loc = F.cross_entropy(location_logits, location_labels)
         self.log_metrics(
             jigclu_location_accuracy=accuracy(location_logits.detach(), location_labels),
             jigclu_cluster_accuracy=nearest_neighbour_accuracy(embeddings.detach(), cluster_labels),
