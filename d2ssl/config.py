@@ -12,6 +12,7 @@ several arguments of one object (a tile grid that must fit the crop) are in its 
 from __future__ import annotations
 
 import collections.abc
+import copy
 import inspect
 import logging
 import re
@@ -104,15 +105,15 @@ DATASET_SHORTHANDS = {
     "list": ("d2ssl.data.datasets.load_image_list", "list_file"),
     "catalog": ("d2ssl.data.datasets.get_dataset_dicts", "names"),
 }
-_DETECTION_CATALOG = "detectron2.data.build.get_detection_dataset_dicts"
 
 
 def dataset_shorthand(value: Any, current: Any = None) -> DictConfig | None:
     """The ``L(...)`` data set node a command-line shorthand stands for, or ``None`` if ``value`` is
     not one: ``folder:PATH`` (``load_image_folder(root=PATH)``), ``list:FILE``
     (``load_image_list(list_file=FILE)``), ``catalog:NAME[,NAME...]`` (``get_dataset_dicts(names=[...])``,
-    or detectron2's ``get_detection_dataset_dicts`` where ``current`` is such a node). The node is
-    new: no argument of the node it replaces lingers (set more with later ``key=value`` overrides)."""
+    or, where ``current`` calls detectron2's ``get_detection_dataset_dicts``, that call with only its
+    ``names`` changed). Otherwise the node is new: no argument of the node it replaces lingers (set
+    more with later ``key=value`` overrides)."""
     if not isinstance(value, str):
         return None
     kind, sep, rest = value.strip().strip("'\"").partition(":")
@@ -122,9 +123,12 @@ def dataset_shorthand(value: Any, current: Any = None) -> DictConfig | None:
     if kind == "catalog":
         now = current.get("_target_") if isinstance(current, (DictConfig, dict)) else None
         now = now if isinstance(now, str) else getattr(now, "__name__", "")
-        if now.endswith("get_detection_dataset_dicts"):
-            target = _DETECTION_CATALOG
-        return DictConfig({"_target_": target, argument: [n.strip() for n in rest.split(",") if n.strip()]})
+        names = [n.strip() for n in rest.split(",") if n.strip()]
+        if now.endswith("get_detection_dataset_dicts"):  # keep filter_empty & co. of the detection recipe
+            node = copy.deepcopy(current)
+            node.names = names
+            return node
+        return DictConfig({"_target_": target, argument: names})
     return DictConfig({"_target_": target, argument: rest})
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from detectron2.config import instantiate
 
-from d2ssl.config import ConfigError, check_num_train_samples, validate_config
+from d2ssl.config import ConfigError, check_num_train_samples, instantiate_dataset, validate_config
 from d2ssl.data.datasets import DatasetError, load_image_list
 from d2ssl.data.mappers import JigsawMapper
 from d2ssl.data.transforms import generate_permutations
@@ -123,3 +123,50 @@ def test_label_file_of_the_wrong_length_names_both_files(tmp_path):
         load_image_list(str(list_file), labels_file=str(labels_file))
     np.save(labels_file, np.array([2, 0, 1]))
     assert [d["label"] for d in load_image_list(str(list_file), labels_file=str(labels_file))] == [2, 0, 1]
+
+
+@pytest.mark.parametrize("config", [c for c in CONFIGS if not c.startswith("detection")])
+def test_every_config_takes_a_folder_from_the_command_line(config, tmp_path):
+    cfg = setup_config(str(REPO / "configs" / config), [f"dataloader.train.dataset=folder:{tmp_path}"])
+    # The whole node is replaced: no argument of the loader it replaces (names, limit, ...) lingers.
+    assert dict(cfg.dataloader.train.dataset) == {"_target_": "d2ssl.data.datasets.load_image_folder",
+                                                  "root": str(tmp_path)}
+
+
+def test_list_and_catalog_shorthands(tmp_path):
+    # A later override refines the new node.
+    cfg = setup_config(TINY_JIGSAW, [f"dataloader.train.dataset=list:{tmp_path}/train.txt",
+                                     f"dataloader.train.dataset.root={tmp_path}"])
+    assert dict(cfg.dataloader.train.dataset) == {"_target_": "d2ssl.data.datasets.load_image_list",
+                                                  "list_file": f"{tmp_path}/train.txt", "root": str(tmp_path)}
+    cfg = setup_config(TINY_JIGSAW, ["dataloader.train.dataset=catalog:digits_train,digits_test"])
+    assert dict(cfg.dataloader.train.dataset) == {"_target_": "d2ssl.data.datasets.get_dataset_dicts",
+                                                  "names": ["digits_train", "digits_test"]}
+    assert len(instantiate(cfg.dataloader.train.dataset)) == 1797
+    # Anything else is an ordinary value.
+    cfg = setup_config(TINY_JIGSAW, ["train.output_dir=folder:x"])
+    assert cfg.train.output_dir == "folder:x"
+
+
+def test_catalog_shorthand_keeps_the_detection_loader_and_its_options():
+    path = str(REPO / "configs/detection/faster_rcnn_R50_FPN_coco.py")
+    before = setup_config(path).dataloader.test.dataset
+    cfg = setup_config(path, ["dataloader.test.dataset=catalog:voc_2007_test"])
+    after = cfg.dataloader.test.dataset
+    assert after.names == ["voc_2007_test"]
+    others = [k for k in before if k != "names"]
+    assert others and all(after[k] == before[k] for k in others)
+
+
+def test_missing_data_set_root_names_the_config_key_and_the_path(tmp_path):
+    # Set in the config file (ImageNet's folder, absent here) ...
+    cfg = setup_config(str(REPO / "configs/rotnet_R50.py"))
+    message = r"dataloader\.train\.dataset\.root='datasets/imagenet/train': image folder 'datasets/imagenet/"
+    with pytest.raises(ConfigError, match=message):
+        instantiate_dataset(cfg.dataloader.train.dataset, "dataloader.train.dataset")
+    # ... or on the command line, and found before the model is built.
+    cfg = setup_config(TINY_JIGSAW, [f"dataloader.train.dataset=list:{tmp_path / 'none.txt'}",
+                                     f"train.output_dir={tmp_path / 'out'}"])
+    with pytest.raises(ConfigError, match=r"dataloader\.train\.dataset\.list_file='.*none\.txt': image list"):
+        do_train(cfg)
+    assert not (tmp_path / "out").exists()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import os
 import sys
 from collections.abc import Iterator
 
@@ -66,7 +67,8 @@ def _log_traceback_to_files(error: BaseException) -> None:
     for name in _LOGGERS:
         for handler in logging.getLogger(name).handlers:
             stream = getattr(handler, "stream", None)
-            if stream is None or stream in (sys.stdout, sys.stderr) or id(stream) in streams:
+            name = getattr(stream, "name", None)  # log files only, not the console (``<stderr>``)
+            if not isinstance(name, str) or not os.path.isfile(name) or id(stream) in streams:
                 continue
             streams.add(id(stream))
             handler.handle(record)
