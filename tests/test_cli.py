@@ -15,6 +15,7 @@ import yaml
 from PIL import Image
 
 from d2ssl.engine.launch import launch_from_command_line, parse_command_line
+from d2ssl.engine.train_loop import allows_pickle, setup_from_args
 from d2ssl.engine.train_loop import main as train_main
 from d2ssl.utils.errors import describe_error, reporting_errors
 
@@ -118,3 +119,10 @@ def test_disk_full_leads_the_message_instead_of_torchs_unexpected_pos(tmp_path, 
         message = describe_error(e)
     assert message.startswith(f"No space left on device: {tmp_path / 'model_final.pth.tmp'}")
     assert "unexpected pos" in message  # what was raised on top stays, after the cause
+
+
+@pytest.mark.parametrize("config", ["tiny/rotnet.py", "detection/tiny/faster_rcnn_FPN_pasted_coco.py"])
+def test_allow_pickle_flag_reaches_the_config(config, tmp_path):
+    argv = ["--config-file", str(REPO / "configs" / config), f"train.output_dir={tmp_path}"]
+    assert not allows_pickle(setup_from_args(parse_command_line(argv)))
+    assert allows_pickle(setup_from_args(parse_command_line([*argv, "--allow-pickle"])))

@@ -253,7 +253,7 @@ def setup_from_args(args) -> DictConfig:
     ``default_setup`` (output dir, config.yaml, seeding, loggers) plus d2ssl's own logger."""
     cfg = setup_config(args.config_file, args.opts)
     if getattr(args, "allow_pickle", False):  # --allow-pickle
-        cfg.train.setdefault("weights_init", {})["ALLOW_PICKLE"] = True
+        OmegaConf.update(cfg, "train.weights_init.ALLOW_PICKLE", True, force_add=True)
     default_setup(cfg, args)
     setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="d2ssl")
     return cfg
