@@ -1,5 +1,10 @@
 # Training-loop settings shared by every pretraining config (detectron2's configs/common/train.py
 # plus the keys d2ssl adds: epochs, seed, reference_world_size).
+from detectron2.config import LazyCall as L
+
+from d2ssl.data.datasets import get_dataset_dicts
+from d2ssl.data.mappers.classification import ClassificationMapper
+
 train = dict(
     output_dir="./output",
     init_checkpoint="",
@@ -31,6 +36,12 @@ train = dict(
     # max_to_keep: keep the last K periodic checkpoints (the final one is always kept).
     checkpointer=dict(period=5000, max_to_keep=5),
     log_period=20,
+    # kNN top-1 of the trunk's features on a small labelled subset, logged as knn_top1 every `period`
+    # iterations (d2ssl.engine.hooks.KNNMonitor, NPID's weighted kNN: k 200, temperature 0.07).
+    # period 0: off. memory (images that vote), queries (images classified), mapper: L(...) calls;
+    # knn_monitor_on() below fills them.
+    knn_monitor=dict(period=0, memory=None, queries=None, mapper=None, k=200, temperature=0.07, layer="res5",
+                     batch_size=256),
     device="cuda",
     seed=0,
     # Number of processes the batch size and lr below are written for; on another number of GPUs the
@@ -44,3 +55,16 @@ def on_cpu_for_minutes(train, output_dir: str, max_iter: int = 200) -> None:
     train.update(epochs=None, max_iter=max_iter, device="cpu", reference_world_size=0, log_period=20,
                  output_dir=output_dir)
     train.checkpointer.period = 100
+
+
+def knn_monitor_on(train, memory: str, queries: str, num_memory: int, num_queries: int, image_size: int,
+                   period: int) -> None:
+    """Turns the kNN monitor on: the first ``num_memory`` images of registered data set ``memory``
+    vote for the first ``num_queries`` of ``queries``, seen at ``image_size`` (shorter side resize and
+    centre crop, as d2ssl.data.mappers.ClassificationMapper's test view)."""
+    train.knn_monitor.update(
+        period=period,
+        memory=L(get_dataset_dicts)(names=memory, limit=num_memory),
+        queries=L(get_dataset_dicts)(names=queries, limit=num_queries),
+        mapper=L(ClassificationMapper)(train=False, resize_size=image_size, crop_size=image_size),
+    )

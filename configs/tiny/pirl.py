@@ -7,7 +7,7 @@ from detectron2.config import LazyCall as L
 from d2ssl.data.datasets import get_dataset_dicts
 
 from ..common.models import TINY_FEATURE_DIM, tiny_trunk
-from ..common.train import on_cpu_for_minutes
+from ..common.train import knn_monitor_on, on_cpu_for_minutes
 from ..pirl_R50 import EMBEDDING_DIM, dataloader, lr_multiplier, model, optimizer, train  # noqa: F401  (LazyConfig exports every section)
 
 dataloader.train.dataset = L(get_dataset_dicts)(names="fashion_mnist_train")
@@ -25,3 +25,7 @@ model.loss.negative_sampling_params.num_negatives = 4096
 
 optimizer.lr = 0.03
 on_cpu_for_minutes(train, output_dir="output/tiny_pirl")
+# kNN top-1 (NPID's weighted kNN) of 500 training photos voting for 250 test photos, seen at the
+# pretraining's 32 px, logged as knn_top1 at iterations 100 and 200.
+knn_monitor_on(train, "fashion_mnist_train", "fashion_mnist_test", num_memory=500, num_queries=250,
+               image_size=32, period=100)

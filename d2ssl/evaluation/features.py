@@ -35,7 +35,6 @@ from typing import Any, Union
 import numpy as np
 import torch
 import tqdm
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import instantiate
 from detectron2.data import DatasetFromList, MapDataset
 from detectron2.data.build import trivial_batch_collator
@@ -345,11 +344,13 @@ EXTRACTION_KEYS = ("layers", "pooling", "batch_size", "num_workers", "output_dir
 
 def build_model_for_extraction(cfg: DictConfig) -> nn.Module:
     """``cfg.model`` (a model or a bare trunk) with ``train.weights_init`` (any layout the importer
-    reads, heads skipped) and then ``train.init_checkpoint`` (a d2ssl run's checkpoint) loaded."""
+    reads, heads skipped) or else ``train.init_checkpoint`` (a d2ssl run's ``model_final.pth``) loaded
+    into its trunk by the same importer, which reads files without unpickling code."""
     model = instantiate(cfg.model)
-    load_weights_init(model, cfg.train.get("weights_init"))
-    if cfg.train.get("init_checkpoint"):
-        DetectionCheckpointer(model).load(cfg.train.init_checkpoint)
+    weights_init = dict(cfg.train.get("weights_init") or {})
+    if not weights_init.get("PARAMS_FILE") and cfg.train.get("init_checkpoint"):
+        weights_init["PARAMS_FILE"] = cfg.train.init_checkpoint
+    load_weights_init(model, weights_init)
     return model.to(cfg.train.get("device", "cpu"))
 
 

@@ -11,14 +11,17 @@ similar memory images by cosine similarity ``s``; each neighbour votes for its c
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 from collections.abc import Sequence
 
 import faiss
 import numpy as np
 import torch
+from detectron2.utils.file_io import PathManager
 
-from d2ssl.evaluation.features import FeatureSet
+from d2ssl.evaluation.features import FeatureSet, load_features
 
 logger = logging.getLogger(__name__)
 
@@ -108,4 +111,25 @@ def knn_evaluate(
             results[f"{name}@{k}"] = value
     logger.info("kNN on %s (%d memory, %d queries, T=%g): %s", layer, len(memory), len(queries), temperature,
                 ", ".join(f"{k} {v:.2f}" for k, v in results.items()))
+    return results
+
+
+def knn_on_cached_features(
+    features_dir: str,
+    train_split: str = "train",
+    test_split: str = "test",
+    layer: str = "res5",
+    ks: Sequence[int] = NPID_KS,
+    temperature: float = NPID_TEMPERATURE,
+    use_gpu: bool | None = None,
+) -> dict[str, float]:
+    """``knn_evaluate`` of what ``extract_features`` wrote to ``features_dir``; the results also go
+    to ``{features_dir}/knn_{layer}.json``."""
+    memory = load_features(features_dir, train_split, (layer,))
+    queries = load_features(features_dir, test_split, (layer,))
+    results = knn_evaluate(memory, queries, layer, ks, temperature, use_gpu)
+    report = {"layer": layer, "temperature": temperature, "memory": train_split, "queries": test_split,
+              "num_memory": len(memory), "num_queries": len(queries), **results}
+    with PathManager.open(os.path.join(features_dir, f"knn_{layer}.json"), "w") as f:
+        json.dump(report, f, indent=2)
     return results

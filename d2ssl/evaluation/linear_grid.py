@@ -34,7 +34,7 @@ from detectron2.utils.file_io import PathManager
 from tabulate import tabulate
 from torch.nn import functional as F
 
-from d2ssl.evaluation.features import FeatureSet
+from d2ssl.evaluation.features import FeatureSet, load_features
 from d2ssl.evaluation.knn import topk_accuracy
 
 logger = logging.getLogger(__name__)
@@ -186,3 +186,20 @@ def write_grid_report(result: LinearGridResult, output_dir: str) -> dict:
     with PathManager.open(os.path.join(output_dir, "linear_grid.txt"), "w") as f:
         f.write(format_grid_table(result) + "\n")
     return report
+
+
+def linear_grid_on_cached_features(
+    features_dir: str,
+    train_split: str = "train",
+    val_split: str = "test",
+    layer: str = "res5",
+    output_dir: str | None = None,
+    **grid: object,
+) -> LinearGridResult:
+    """``train_linear_grid`` on what ``extract_features`` wrote to ``features_dir`` (``grid``: its
+    keyword arguments); the report goes to ``output_dir`` (default ``features_dir``)."""
+    train = load_features(features_dir, train_split, (layer,))
+    val = load_features(features_dir, val_split, (layer,))
+    result = train_linear_grid(train, val, layer, **grid)
+    write_grid_report(result, output_dir or features_dir)
+    return result

@@ -4,21 +4,26 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from detectron2.config import instantiate
 
 from d2ssl.data.mappers.classification import ClassificationMapper
+from d2ssl.engine.train_loop import setup_config
 from d2ssl.evaluation import features as features_module
 from d2ssl.evaluation.features import (
     extract_features,
+    extract_from_config,
     load_features,
     pool_features,
     trunk_layer_outputs,
 )
 from d2ssl.modeling.backbone import build_resnet_trunk
 
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 NUM_IMAGES = 48
 
 
@@ -100,3 +105,25 @@ def test_unlabelled_data_set_and_missing_extraction(tmp_path, images, trunk):
         load_features(str(tmp_path), "test")
     with pytest.raises(KeyError, match=r"layers \['res3'\] were not extracted"):
         load_features(str(tmp_path), "u", layers=("res3",))
+
+
+def test_extraction_config_loads_a_d2ssl_checkpoint(tmp_path, tiny_config):
+    # A pretrained tiny Jigsaw model, its weights moved away from the initialisation, saved as a run's
+    # checkpoint (model_final.pth layout: {"model": state_dict}).
+    model = instantiate(tiny_config("jigsaw").model).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    torch.save({"model": model.state_dict()}, tmp_path / "model_final.pth")
+    cfg = setup_config(str(CONFIGS / "eval" / "tiny" / "extract_features.py"), [
+        f"train.output_dir={tmp_path}", f"extraction.output_dir={tmp_path / 'features'}",
+        f"train.init_checkpoint={tmp_path / 'model_final.pth'}",
+        "dataloader.train.dataset.limit=12", "dataloader.test.dataset.limit=6",
+    ])
+    result = extract_from_config(cfg)
+    assert len(result["train"]) == 12 and len(result["test"]) == 6
+    test_images = instantiate(cfg.dataloader.test.dataset)
+    mapper = ClassificationMapper(train=False, resize_size=64, crop_size=64)
+    with torch.no_grad():
+        expected = torch.cat([model.pooled_features(mapper(d)["image"][None]) for d in test_images]).numpy()
+    np.testing.assert_allclose(result["test"].features["res5"], expected, rtol=1e-4, atol=1e-5)

@@ -1,12 +1,23 @@
-"""Weighted kNN: perfect on separable features, chance on shuffled labels, NPID's vote weighting."""
+"""Weighted kNN: perfect on separable features, chance on shuffled labels, NPID's vote weighting;
+the kNN monitor hook logs knn_top1 and leaves the training alone."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
+import torch
+from detectron2.utils.events import EventStorage
 
+from d2ssl.data.mappers.classification import ClassificationMapper
+from d2ssl.engine.hooks import KNNMonitor
+from d2ssl.engine.train_loop import do_train
 from d2ssl.evaluation.features import FeatureSet
 from d2ssl.evaluation.knn import knn_evaluate, knn_scores, topk_accuracy
+from d2ssl.modeling.backbone import build_resnet_trunk
+from d2ssl.modeling.meta_arch.base import SSLMetaArch
+from d2ssl.utils.metrics import read_metrics
 
 
 def _pixels(images: list[dict]) -> np.ndarray:
@@ -61,3 +72,35 @@ def test_votes_are_summed_exp_similarity_over_temperature():
     assert topk_accuracy(scores3, np.array([0]), topk=(1,)) == {"top1": 100.0}
     with pytest.raises(ValueError, match="temperature > 0"):
         knn_scores(memory, labels, query, k=2, temperature=0.0)
+
+
+def test_knn_monitor_leaves_the_training_state_alone(fashion_mnist_train):
+    model = SSLMetaArch(build_resnet_trunk(depth=18, base_channels=8)).train()
+    stats = {k: v.clone() for k, v in model.state_dict().items()}
+    monitor = KNNMonitor(fashion_mnist_train[:300], fashion_mnist_train[300:400],
+                         ClassificationMapper(train=False, resize_size=32, crop_size=32), period=5, k=20)
+    with EventStorage() as storage:
+        monitor.trainer = SimpleNamespace(model=model, storage=storage, iter=3, max_iter=10)
+        torch.manual_seed(7)
+        expected = torch.rand(4)
+        torch.manual_seed(7)
+        monitor.after_step()  # iteration 4 of 10, period 5: not yet
+        assert "knn_top1" not in storage.latest()
+        monitor.trainer.iter = 4
+        monitor.after_step()
+        assert torch.equal(torch.rand(4), expected)  # the random stream is untouched
+        top1 = storage.latest()["knn_top1"][0]
+    # Random conv features of real photos are far above the 10% of chance.
+    assert 30.0 < top1 <= 100.0
+    assert model.training and model.trunk.training
+    for k, v in model.state_dict().items():  # no BatchNorm statistic moved
+        assert torch.equal(v, stats[k]), k
+
+
+def test_knn_monitor_in_a_training_run(tiny_config):
+    cfg = tiny_config("jigsaw", "train.max_iter=4", "train.log_period=2", "train.knn_monitor.period=2",
+                      "train.knn_monitor.memory.limit=100", "train.knn_monitor.queries.limit=50",
+                      "dataloader.train.total_batch_size=8")
+    do_train(cfg)
+    values = [r["knn_top1"] for r in read_metrics(cfg.train.output_dir) if "knn_top1" in r]
+    assert len(values) == 2 and all(0.0 <= v <= 100.0 for v in values)
