@@ -27,10 +27,14 @@ from omegaconf import DictConfig, ListConfig
 logger = logging.getLogger(__name__)
 
 REQUIRED_SECTIONS = ("model", "dataloader", "optimizer", "lr_multiplier", "train")
+# A config with an ``extraction`` section only runs a trunk (feature extraction, ClusterFit's
+# clustering): it trains nothing and needs no optimizer or schedule.
+TRAINING_ONLY_SECTIONS = ("optimizer", "lr_multiplier")
 REQUIRED_TRAIN_KEYS = ("output_dir", "max_iter", "device", "checkpointer", "log_period", "amp", "ddp")
 # Every key the training loop reads from ``train``; anything else is a typo. Add new keys here.
 OPTIONAL_TRAIN_KEYS = (
     "init_checkpoint", "weights_init", "epochs", "seed", "reference_world_size", "cudnn_benchmark",
+    "knn_monitor",
     "eval_period", "precise_bn", "channels_last",
 )
 AMP_PRECISIONS = ("float16", "bfloat16")
@@ -44,10 +48,11 @@ class ConfigError(ValueError):
 
 def validate_config(cfg: DictConfig, config_file: str = "<config>") -> None:
     """Raises ``ConfigError`` naming the key and the allowed values for the first problem found."""
-    missing = [s for s in REQUIRED_SECTIONS if s not in cfg]
+    required = [s for s in REQUIRED_SECTIONS if "extraction" not in cfg or s not in TRAINING_ONLY_SECTIONS]
+    missing = [s for s in required if s not in cfg]
     if missing:
         raise ConfigError(
-            f"{config_file}: missing top-level sections {missing} (need {list(REQUIRED_SECTIONS)})"
+            f"{config_file}: missing top-level sections {missing} (need {required})"
         )
     missing = [k for k in REQUIRED_TRAIN_KEYS if k not in cfg.train]
     if missing:
@@ -67,7 +72,7 @@ def validate_config(cfg: DictConfig, config_file: str = "<config>") -> None:
     epochs = cfg.train.get("epochs")
     if epochs is not None and not (_is_number(epochs) and epochs > 0):
         raise ConfigError(f"{config_file}: train.epochs must be a positive number or null, got {epochs!r}")
-    lr = cfg.optimizer.get("lr")
+    lr = cfg.optimizer.get("lr") if "optimizer" in cfg else None
     if lr is not None and not (_is_number(lr) and lr > 0):
         raise ConfigError(f"{config_file}: optimizer.lr must be a positive number, got {lr!r}")
     device = cfg.train.device

@@ -33,7 +33,7 @@ from d2ssl.config import (
     validate_config,
 )
 from d2ssl.engine.checkpointer import AtomicCheckpointer
-from d2ssl.engine.hooks import PeriodicCheckpointer, RandomStateCheckpoint, ResumeDataOrder
+from d2ssl.engine.hooks import PeriodicCheckpointer, RandomStateCheckpoint, ResumeDataOrder, build_knn_monitor
 from d2ssl.utils.distributed import sync_batchnorm_on_cpu
 
 logger = logging.getLogger("d2ssl")
@@ -228,6 +228,7 @@ def do_train(cfg: DictConfig, resume: bool = False) -> dict[str, float]:
             RandomStateCheckpoint(period=cfg.train.checkpointer.period),
             hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
             PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if comm.is_main_process() else None,
+            build_knn_monitor(cfg.train.get("knn_monitor")),
             hooks.PeriodicWriter(
                 default_writers(cfg.train.output_dir, cfg.train.max_iter), period=cfg.train.log_period
             )
