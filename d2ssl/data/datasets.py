@@ -113,13 +113,13 @@ def attach_labels(dataset: list[dict], labels_file: str, dataset_name: str = "th
         raise DatasetError(f"labels file {labels_file!r} is not a .npy array of integers: {e}") from e
     if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
         raise DatasetError(
-            f"labels file {labels_file!r} holds a {labels.dtype} array of shape {labels.shape}: need one "
+            f"labels file {labels_file!r} holds {labels.shape} labels of type {labels.dtype}: need one "
             f"integer label per image, shape (N,)"
         )
     if len(labels) != len(dataset):
         raise DatasetError(
-            f"labels file {labels_file!r} holds {len(labels)} labels, but {dataset_name} has {len(dataset)} "
-            f"images: need one label per image, in data set order"
+            f"labels file {labels_file!r} holds {labels.shape} labels, but {dataset_name} lists "
+            f"{len(dataset)} images: need one label per image, in data set order"
         )
     return [dict(d, label=int(y)) for d, y in zip(dataset, labels)]
 

@@ -155,7 +155,8 @@ def test_pseudo_label_file_length_equals_the_data_sets_and_a_wrong_length_names_
     assert len(ids) == len(images)
     assert [d["label"] for d in labelled] == ids.tolist()
     assert [d["image_id"] for d in labelled] == list(range(len(images)))
-    with pytest.raises(DatasetError, match=rf"{len(images)} labels, but the data set has {len(images) - 1} "):
+    wrong_length = rf"holds \({len(images)},\) labels, but the data set lists {len(images) - 1} images"
+    with pytest.raises(DatasetError, match=wrong_length):
         attach_labels(images[:-1], out.labels_file)
     with pytest.raises(DatasetError, match="faiss_lbls.npy"):
         attach_labels(images[:-1], out.labels_file)

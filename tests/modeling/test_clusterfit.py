@@ -118,5 +118,5 @@ def test_a_labels_file_of_another_length_stops_the_run_naming_both_numbers(tiny_
         "clusterfit", f"dataloader.train.dataset.labels_file={labels_file}",
         "dataloader.train.dataset.dataset.limit=500", "train.max_iter=1",
     )
-    with pytest.raises(ValueError, match=r"holds 512 labels, but the data set has 500 images"):
+    with pytest.raises(ValueError, match=r"holds \(512,\) labels, but the data set lists 500 images"):
         do_train(cfg)
