@@ -28,6 +28,7 @@ import json
 import logging
 import math
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -39,6 +40,7 @@ from optuna.trial import TrialState
 
 from d2ssl.engine.train_loop import setup_config
 from d2ssl.evaluation.features import load_features
+from d2ssl.evaluation.linear import do_linear_benchmark
 from d2ssl.evaluation.linear_grid import train_linear_grid
 from d2ssl.evaluation.plots import plot_sweep
 
@@ -153,7 +155,9 @@ def run_sweep(
         values = {p.name: p.suggest(trial, grid) for p in params}
         # A retried trial (its process was killed) reuses the folder of the trial it repeats.
         frozen = trial.study.get_trials(deepcopy=False)[trial.number]
-        number = RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)
+        with warnings.catch_warnings():  # "experimental" since optuna 2.8, still there in 5.0
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            number = RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)
         return float(objective(values, f"trial_{trial.number if number is None else number:04d}"))
 
     callbacks = [optuna.study.MaxTrialsCallback(n_trials, states=(TrialState.COMPLETE,))]
@@ -265,8 +269,6 @@ def cached_features_objective(
 def linear_benchmark_objective(config_file: str, overrides: Sequence[str], output_dir: str) -> Objective:
     """A full linear benchmark per trial: ``config_file`` with ``overrides``, the trial's values as
     ``key=value`` overrides and ``train.output_dir={output_dir}/{trial}``; returns its ``top1``."""
-    from d2ssl.evaluation.linear import do_linear_benchmark  # the benchmark's trainer is only needed here
-
     def objective(values: dict, trial_dir: str) -> float:
         trial_overrides = [*overrides, *(f"{k}={v}" for k, v in values.items()),
                            f"train.output_dir={os.path.join(output_dir, trial_dir)}"]

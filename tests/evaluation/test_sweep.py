@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
 from d2ssl.data.mappers.classification import ClassificationMapper
 from d2ssl.evaluation.features import extract_features
-from d2ssl.evaluation.sweep import cached_features_objective, parse_param, run_sweep
+from d2ssl.evaluation.sweep import (
+    cached_features_objective,
+    linear_benchmark_objective,
+    parse_param,
+    run_sweep,
+)
 from d2ssl.modeling.backbone import build_resnet_trunk
 
 
@@ -61,3 +67,16 @@ def test_grid_sampler_covers_the_grid(tmp_path, features_dir):
         (0.01, 32), (0.01, 64), (1.0, 32), (1.0, 64)]
     with pytest.raises(ValueError, match="sweeps"):
         objective({"momentum": 0.9, "dropout": 0.1}, "trial_0000")
+
+
+def test_full_linear_benchmark_trials(tmp_path):
+    config = str(Path(__file__).resolve().parents[2] / "configs" / "eval" / "tiny" / "linear.py")
+    overrides = ["train.max_iter=2", "train.eval_period=2", "dataloader.train.dataset.limit=64",
+                 "dataloader.test.dataset.limit=20", "dataloader.train.total_batch_size=8"]
+    objective = linear_benchmark_objective(config, overrides, str(tmp_path))
+    study = run_sweep(objective, [parse_param("optimizer.lr=1e-3:1e-1:log")], str(tmp_path), n_trials=1,
+                      sampler="random")
+    assert len(study.trials) == 1 and 0.0 <= study.trials[0].value <= 100.0
+    assert (tmp_path / "trial_0000" / "last_checkpoint").exists()  # the trial ran in its own folder
+    with pytest.raises(KeyError, match="optimizer.lrr"):
+        objective({"optimizer.lrr": 0.1}, "trial_0009")

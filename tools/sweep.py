@@ -1,0 +1,58 @@
+#!/usr/bin/env python
+"""Search lr, batch size and weight decay of a linear benchmark with Optuna (grid, random or TPE), locally:
+the study is an SQLite file in --output-dir, so an interrupted sweep continues where it stopped and
+several processes started with the same arguments share it.
+
+Fast path, on features written by tools/extract_features.py:
+
+    python tools/sweep.py --output-dir output/sweep_fast --features-dir output/tiny_features \
+        --param lr=1e-3:10:log --param batch_size=64,128,256 --param weight_decay=1e-6:1e-3:log --n-trials 20
+
+Full linear benchmark per trial (parameters are config keys; trailing key=value apply to every trial):
+
+    python tools/sweep.py --output-dir output/sweep_jigclu --config-file configs/eval/linear_jigclu_R50.py \
+        --param optimizer.lr=1:30:log --param dataloader.train.total_batch_size=256,512 --sampler grid \
+        train.weights_init.PARAMS_FILE=output/jigclu_R50/model_final.pth
+
+Writes trials.csv, trials.json and sweep.png to --output-dir.
+"""
+
+import argparse
+
+from d2ssl.evaluation.sweep import (
+    SAMPLERS,
+    TRACKERS,
+    cached_features_objective,
+    linear_benchmark_objective,
+    parse_param,
+    run_sweep,
+)
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output-dir", required=True, help="holds sweep.db, the tables, the plot, trials")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--features-dir", help="fast path: extracted features (train and --val-split)")
+    source.add_argument("--config-file", help="full linear benchmark config (do_linear_benchmark)")
+    parser.add_argument("--param", action="append", required=True, type=parse_param,
+                        help="NAME=LOW:HIGH[:log] or NAME=A,B,C (repeat)")
+    parser.add_argument("--sampler", choices=SAMPLERS, default="tpe")
+    parser.add_argument("--n-trials", type=int, default=20, help="finished trials to reach in the study")
+    parser.add_argument("--grid-points", type=int, default=3, help="values per float range (grid sampler)")
+    parser.add_argument("--study-name", default="sweep")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tracker", choices=TRACKERS, default=None, help="also log trials there (off)")
+    parser.add_argument("--val-split", default="test", help="fast path: the split accuracy is measured on")
+    parser.add_argument("--layer", default="res5", help="fast path")
+    parser.add_argument("--epochs", type=int, default=100, help="fast path, unless swept")
+    parser.add_argument("--batch-size", type=int, default=256, help="fast path, unless swept")
+    parser.add_argument("overrides", nargs="*", help="key=value for every trial's config (full benchmark)")
+    args = parser.parse_args()
+    if args.features_dir:
+        objective = cached_features_objective(args.features_dir, val_split=args.val_split, layer=args.layer,
+                                              epochs=args.epochs, batch_size=args.batch_size, seed=args.seed)
+    else:
+        objective = linear_benchmark_objective(args.config_file, args.overrides, args.output_dir)
+    run_sweep(objective, args.param, args.output_dir, n_trials=args.n_trials, sampler=args.sampler,
+              study_name=args.study_name, seed=args.seed, grid_points=args.grid_points, tracker=args.tracker)
