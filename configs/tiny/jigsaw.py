@@ -25,8 +25,8 @@ model.head.num_tiles = GRID * GRID
 
 optimizer.lr = 0.05
 on_cpu_for_minutes(train, output_dir="output/tiny_jigsaw")
-# kNN top-1 (NPID's weighted kNN) of 500 training photos voting for 250 test photos, seen at the
+# kNN top-1 (NPID's weighted kNN) of 300 training photos voting for 200 test photos, seen at the
 # pretraining's 64 px, logged as knn_top1 at iterations 100 and 200.
-knn_monitor_on(train, "fashion_mnist_train", "fashion_mnist_test", num_memory=500, num_queries=250,
+knn_monitor_on(train, "fashion_mnist_train", "fashion_mnist_test", num_memory=300, num_queries=200,
                image_size=64, period=100)
 lr_multiplier = multistep(milestones=[80], num_epochs=100)  # x0.1 for the last fifth

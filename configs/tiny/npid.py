@@ -24,7 +24,7 @@ model.loss.loss_type = "cross_entropy"
 
 optimizer.lr = 0.03
 on_cpu_for_minutes(train, output_dir="output/tiny_npid")
-# kNN top-1 (NPID's weighted kNN) of 500 training photos voting for 250 test photos, seen at the
+# kNN top-1 (NPID's weighted kNN) of 300 training photos voting for 200 test photos, seen at the
 # pretraining's 32 px, logged as knn_top1 at iterations 100 and 200.
-knn_monitor_on(train, "fashion_mnist_train", "fashion_mnist_test", num_memory=500, num_queries=250,
+knn_monitor_on(train, "fashion_mnist_train", "fashion_mnist_test", num_memory=300, num_queries=200,
                image_size=32, period=100)
