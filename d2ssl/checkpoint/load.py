@@ -54,9 +54,10 @@ def read_checkpoint(path: str, allow_pickle: bool = False) -> Any:
     if not os.path.isfile(local):
         raise WeightsLoadError(f"weights file {path!r} does not exist")
     try:
-        return load_weights_file(path, allow_pickle)
+        # The local copy of a remote file: iopath handlers need not implement open().
+        return load_weights_file(local, allow_pickle)
     except (CorruptFileError, UnsafeFileError) as e:
-        raise WeightsLoadError(str(e)) from e
+        raise WeightsLoadError(str(e).replace(local, path)) from e
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
         raise WeightsLoadError(
             f"cannot read weights file {path!r}: {type(e).__name__}: {str(e)[:300]}; the file is truncated, "
