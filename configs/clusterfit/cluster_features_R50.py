@@ -9,45 +9,16 @@
 #   python tools/cluster_features.py --config-file configs/clusterfit/cluster_features_R50.py --num-gpus 8 \
 #       train.weights_init.PARAMS_FILE=output/rotnet_R50/model_final.pth
 #
-# Writes to clustering.OUTPUT_DIR: imagenet1k_train_N16000_faiss_lbls.npy (the labels_file of step 2),
+# Writes to train.output_dir: imagenet1k_train_N16000_faiss_lbls.npy (the labels_file of step 2),
 # the centroids, the val split's labels, clustering_summary.json (sizes, empty clusters, objective per
 # iteration, time, NMI/ARI/purity against the true classes) and clustering.png.
-from detectron2.config import LazyCall as L
-
-from d2ssl.data.datasets import load_image_folder
-from d2ssl.data.mappers import ClassificationMapper
-
-from ..common.models import r50_trunk
-from ..common.train import train
-
-# The trunk alone: the pretext head of the checkpoint is skipped (VISSL's SKIP_LAYERS "heads").
-model = r50_trunk()
-
-dataloader = dict(
-    # VISSL's DATA_PARTITION TRAIN / TEST_PARTITION TEST: the images to cluster and the held-out split.
-    train=dict(
-        dataset=L(load_image_folder)(root="datasets/imagenet/train"),
-        mapper=L(ClassificationMapper)(train=False, resize_size=256, crop_size=224),
-    ),
-    test=dict(
-        dataset=L(load_image_folder)(root="datasets/imagenet/val"),
-        mapper=L(ClassificationMapper)(train=False, resize_size=256, crop_size=224),
-    ),
-)
+# The feature extraction is configs/eval/extract_features_R50.py (d2ssl.evaluation.features): the trunk
+# alone (VISSL's SKIP_LAYERS "heads"), the train and val splits on the deterministic view, res5 averaged.
+from ..eval.extract_features_R50 import dataloader, extraction, model, train  # noqa: F401
 
 train.weights_init.PARAMS_FILE = ""  # the trunk to cluster with: any layout d2ssl.checkpoint reads
-train.weights_init.SKIP_LAYERS = ["num_batches_tracked", "heads"]  # VISSL's WEIGHTS_INIT.SKIP_LAYERS
-
-# d2ssl.evaluation.features.extract_from_config: one shard per process, memory-mapped .npy per split.
-extraction = dict(
-    layers=["res5"],
-    pooling="avg",
-    batch_size=32,  # per process: VISSL's BATCHSIZE_PER_REPLICA
-    num_workers=5,  # VISSL's NUM_DATALOADER_WORKERS
-    output_dir="output/cluster_features_R50/features",
-    splits=["train", "test"],
-    reuse=True,
-)
+train.output_dir = "output/cluster_features_R50"
+extraction.output_dir = "output/cluster_features_R50/features"
 
 # VISSL's CLUSTERFIT section, same names and defaults; SEED, L2_NORMALIZE and USE_GPU are d2ssl's
 # (VISSL always L2-normalises, uses faiss's default seed 1234 and the CPU faiss it was built with).
@@ -57,7 +28,7 @@ clustering = dict(
     SEED=0,
     L2_NORMALIZE=True,
     USE_GPU=None,  # None: faiss on the GPU when faiss-gpu sees one (pip install -e '.[gpu]'), else the CPU
-    OUTPUT_DIR="output/cluster_features_R50",
+    OUTPUT_DIR="",  # empty: train.output_dir
     FEATURES=dict(
         # True: extract (a finished extraction with the same data, view and weights is reused);
         # False: read already extracted features from PATH (empty: extraction.output_dir). VISSL's tool

@@ -376,7 +376,7 @@ def cluster_from_config(cfg) -> ClusteringOutputs | None:
     test = load_features(path, f.TEST_PARTITION, [f.LAYER_NAME]) if f.TEST_PARTITION else None
     return cluster_and_label(
         np.asarray(train.features[f.LAYER_NAME]),
-        c.OUTPUT_DIR,
+        c.OUTPUT_DIR or cfg.train.output_dir,
         num_clusters=c.NUM_CLUSTERS,
         n_iter=c.N_ITER,
         seed=c.SEED,
@@ -392,14 +392,9 @@ def cluster_from_config(cfg) -> ClusteringOutputs | None:
 
 def main(args) -> dict:
     """Entry point of ``tools/cluster_features.py`` in each launched process: the config (``key=value``
-    overrides checked against it), then ``cluster_from_config``; returns the summary (main process)."""
-    from detectron2.config import LazyConfig
-    from detectron2.utils import comm
-    from detectron2.utils.logger import setup_logger
+    overrides checked against it, logs and config.yaml in ``train.output_dir``), then
+    ``cluster_from_config``; returns the summary (main process)."""
+    from d2ssl.engine.train_loop import setup_from_args
 
-    from d2ssl.engine.train_loop import apply_overrides
-
-    cfg = apply_overrides(LazyConfig.load(args.config_file), args.opts, args.config_file)
-    setup_logger(cfg.clustering.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="d2ssl")
-    outputs = cluster_from_config(cfg)
+    outputs = cluster_from_config(setup_from_args(args))
     return outputs.summary if outputs is not None else {}

@@ -175,7 +175,7 @@ def test_cluster_features_tool_runs_step_one_and_reclusters_cached_features(tmp_
     argv = ["--config-file", str(REPO / "configs" / "tiny" / "clusterfit_cluster.py"), "--num-gpus", "0",
             "train.weights_init.PARAMS_FILE=", "dataloader.train.dataset.limit=300",
             "dataloader.test.dataset.limit=100", "clustering.NUM_CLUSTERS=6", "clustering.N_ITER=5",
-            f"extraction.output_dir={out / 'features'}", f"clustering.OUTPUT_DIR={out}"]
+            f"extraction.output_dir={out / 'features'}", f"train.output_dir={out}"]
     monkeypatch.setattr(sys, "argv", ["cluster_features.py", *argv])
     runpy.run_path(str(REPO / "tools" / "cluster_features.py"), run_name="__main__")
     summary = json.loads((out / "clustering_summary.json").read_text())
@@ -186,6 +186,6 @@ def test_cluster_features_tool_runs_step_one_and_reclusters_cached_features(tmp_
     # VISSL's FEATURES.EXTRACT False: cluster the cached features again, same seed, same clusters.
     monkeypatch.setattr(sys, "argv", ["cluster_features.py", *argv, "clustering.FEATURES.EXTRACT=False",
                                       f"clustering.FEATURES.PATH={out / 'features'}",
-                                      f"clustering.OUTPUT_DIR={out / 'again'}"])
+                                      f"train.output_dir={out / 'again'}"])
     runpy.run_path(str(REPO / "tools" / "cluster_features.py"), run_name="__main__")
     np.testing.assert_array_equal(np.load(out / "again" / "fashion_mnist_train_N6_faiss_lbls.npy"), ids)
