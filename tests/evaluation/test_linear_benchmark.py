@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from d2ssl.engine.train_loop import setup_config
-from d2ssl.evaluation.linear import do_linear_benchmark
+from d2ssl.evaluation.linear import do_linear_benchmark, evaluate_only
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_LINEAR = REPO / "configs/eval/tiny/linear.py"
@@ -35,8 +35,11 @@ def test_short_linear_benchmark_on_a_random_trunk_beats_chance(tmp_path):
     evaluated = [r for r in records if "fc/top1" in r]
     assert len(evaluated) == 2 and max(r["top1"] for r in evaluated) == results["top1"]
     assert list(out.glob("events.out.tfevents.*")) and (out / "model_best.pth").exists()
-    # The best checkpoint is written beside the run without becoming the resume point.
+    # The best checkpoint is written beside the run without becoming the resume point ...
     assert (out / "last_checkpoint").read_text() == "model_final.pth"
+    # ... and evaluating it alone (tools/train_linear.py --eval-only) gives the best score again.
+    cfg.train.init_checkpoint = str(out / "model_best.pth")
+    assert evaluate_only(cfg)["fc"]["top1"] == results["top1"]
 
 
 MAX_ITER, PERIOD = 16, 4
