@@ -33,6 +33,7 @@ dataloader = dict(
             augmentation=L(color_augmentation)(
                 color_jitter=(0.4, 0.4, 0.4, 0.1), color_jitter_prob=0.8, grayscale_prob=0.2,
                 gaussian_blur_prob=0.5, blur_sigma=(0.1, 2.0), horizontal_flip=True,
+                blur_impl="pil",  # JigClu/loader.py GaussianBlur: PIL's GaussianBlur(radius=sigma)
             ),
         ),
         total_batch_size=256,

@@ -58,10 +58,11 @@ def overlapping_quadrant_boxes(
 
 def default_jigclu_augmentation() -> Callable:
     """JigClu's per-patch photometric recipe (MoCo v2): colour jitter 0.4/0.4/0.4/0.1 with p 0.8,
-    grayscale p 0.2, Gaussian blur sigma in [0.1, 2] with p 0.5, horizontal flip."""
+    grayscale p 0.2, PIL Gaussian blur (``GaussianBlur(radius=sigma)``) sigma in [0.1, 2] with p 0.5,
+    horizontal flip."""
     return color_augmentation(
         color_jitter=(0.4, 0.4, 0.4, 0.1), color_jitter_prob=0.8, grayscale_prob=0.2,
-        gaussian_blur_prob=0.5, blur_sigma=(0.1, 2.0), horizontal_flip=True,
+        gaussian_blur_prob=0.5, blur_sigma=(0.1, 2.0), horizontal_flip=True, blur_impl="pil",
     )
 
 
@@ -73,8 +74,8 @@ class JigsawClusteringMapper:
     (112, scale 0.2-1), then ``augmentation`` (default :func:`default_jigclu_augmentation`), then
     ImageNet normalisation. One view per image (JigClu's ``TwoCropsTransform`` is unused).
 
-    The reference blurs with PIL's ``GaussianBlur(radius=sigma)``; the shared ``color_augmentation``
-    uses torchvision's Gaussian kernel with the same sigma range.
+    The reference blurs with PIL's ``GaussianBlur(radius=sigma)``, as the default here
+    (``blur_impl="pil"``); ``blur_impl="torchvision"`` uses torchvision's 23-tap kernel instead.
 
     With a :class:`ColorAugmentation`, each patch's crop box is drawn from the generator and read
     from the photo in one resize (the random-resized crop of the quadrant, composed with the
