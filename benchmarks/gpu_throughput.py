@@ -48,8 +48,6 @@ def throughput(config: str, amp: bool, iters: int, warmup: int, device: str, dat
             cfg.dataloader.train.dataset.names = dataset
         if num_workers is not None:
             cfg.dataloader.train.num_workers = num_workers
-        if "SyncBN" in str(cfg.model):  # one process: SyncBN is plain BN
-            cfg.model.trunk.norm = "BN"
         data = instantiate(cfg.dataloader.train.dataset)
         fill_num_train_samples(cfg.model, len(data))
         model = instantiate(cfg.model).to(device)

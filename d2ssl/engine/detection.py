@@ -23,8 +23,7 @@ import os
 import pickle
 
 from detectron2.config import instantiate
-from detectron2.engine import AMPTrainer, SimpleTrainer, default_writers, hooks
-from detectron2.engine.defaults import create_ddp_model
+from detectron2.engine import default_writers, hooks
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
@@ -36,7 +35,8 @@ from d2ssl.checkpoint.layouts import find_trunk
 from d2ssl.checkpoint.load import read_state_dict
 from d2ssl.engine.checkpointer import AtomicCheckpointer
 from d2ssl.engine.hooks import PeriodicCheckpointer
-from d2ssl.engine.train_loop import allows_pickle, scale_to_world_size, setup_from_args
+from d2ssl.engine.train_loop import allows_pickle, build_trainer, scale_to_world_size, setup_from_args
+from d2ssl.utils.distributed import create_ddp_model
 from d2ssl.utils.safe_io import atomic_write
 
 logger = logging.getLogger("d2ssl")
@@ -96,8 +96,8 @@ def train_detector(cfg: DictConfig, resume: bool = False) -> dict[str, float]:
     optimizer = instantiate(cfg.optimizer)
     train_loader = instantiate(cfg.dataloader.train)
 
-    model = create_ddp_model(model, **cfg.train.ddp)
-    trainer = (AMPTrainer if cfg.train.amp.enabled else SimpleTrainer)(model, train_loader, optimizer)
+    model = create_ddp_model(model, cfg.train.device, **cfg.train.ddp)
+    trainer = build_trainer(model, train_loader, optimizer, cfg.train)
     checkpointer = AtomicCheckpointer(model, cfg.train.output_dir, allow_pickle=allows_pickle(cfg),
                                       trainer=trainer)
     precise_bn = cfg.train.get("precise_bn") or {}
@@ -136,7 +136,7 @@ def main(args) -> dict:
     if not args.eval_only:
         return train_detector(cfg, resume=args.resume)
     model = instantiate(cfg.model).to(cfg.train.device)
-    model = create_ddp_model(model)
+    model = create_ddp_model(model, cfg.train.device)
     allow_pickle = allows_pickle(cfg)
     AtomicCheckpointer(model, cfg.train.output_dir, allow_pickle=allow_pickle).load(
         prepare_init_checkpoint(cfg.train.init_checkpoint, cfg.train.output_dir, allow_pickle=allow_pickle)

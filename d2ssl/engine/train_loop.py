@@ -17,7 +17,6 @@ from typing import Any
 import torch
 from detectron2.config import LazyConfig, instantiate
 from detectron2.engine import AMPTrainer, SimpleTrainer, default_setup, default_writers, hooks
-from detectron2.engine.defaults import create_ddp_model
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from detectron2.utils.registry import locate
@@ -34,7 +33,7 @@ from d2ssl.config import (
 )
 from d2ssl.engine.checkpointer import AtomicCheckpointer
 from d2ssl.engine.hooks import PeriodicCheckpointer, RandomStateCheckpoint, ResumeDataOrder, build_knn_monitor
-from d2ssl.utils.distributed import sync_batchnorm_on_cpu
+from d2ssl.utils.distributed import create_ddp_model
 
 logger = logging.getLogger("d2ssl")
 
@@ -207,17 +206,13 @@ def do_train(cfg: DictConfig, resume: bool = False) -> dict[str, float]:
     # Trunk weights from another run or code base; init_checkpoint / resume below override them.
     load_weights_init(model, cfg.train.get("weights_init"))
     model.to(cfg.train.device)
-    if comm.get_world_size() > 1 and cfg.train.device == "cpu":
-        sync_batchnorm_on_cpu(model)  # torch's SyncBatchNorm is CUDA-only
     if cfg.train.get("channels_last"):
         model.to(memory_format=torch.channels_last)
     cfg.optimizer.params.model = model
     optimizer = instantiate(cfg.optimizer)
     train_loader = instantiate_with(cfg.dataloader.train, dataset=dataset)
 
-    # On CPU, DDP takes no device_ids (detectron2 passes the local rank, a CUDA device index).
-    cpu = torch.device(cfg.train.device).type == "cpu"
-    model = create_ddp_model(model, **cfg.train.ddp, **({"device_ids": None} if cpu else {}))
+    model = create_ddp_model(model, cfg.train.device, **cfg.train.ddp)
     trainer = build_trainer(model, train_loader, optimizer, cfg.train)
     checkpointer = AtomicCheckpointer(model, cfg.train.output_dir, allow_pickle=allows_pickle(cfg),
                                       trainer=trainer)

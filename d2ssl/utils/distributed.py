@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
+from detectron2.engine.defaults import create_ddp_model as d2_create_ddp_model
 from detectron2.layers import NaiveSyncBatchNorm
 from detectron2.utils import comm
 from torch import nn
@@ -56,9 +57,22 @@ def all_gather_rows(tensor: torch.Tensor, differentiable: bool = False) -> torch
     return torch.cat([g[:n] for g, n in zip(gathered, sizes)])
 
 
+def create_ddp_model(model: nn.Module, device: str = "cuda", **kwargs) -> nn.Module:
+    """detectron2's ``create_ddp_model`` (the model itself on one process) for any device: on CPU
+    (gloo), DDP gets no ``device_ids`` (detectron2 passes the local rank, a CUDA device index) and
+    every ``nn.SyncBatchNorm`` becomes a ``NaiveSyncBatchNorm`` (``sync_batchnorm_on_cpu``).
+    ``kwargs``: DDP's (``train.ddp``: ``broadcast_buffers``, ``find_unused_parameters``,
+    ``fp16_compression``)."""
+    if comm.get_world_size() > 1 and torch.device(device).type == "cpu":
+        sync_batchnorm_on_cpu(model)
+        kwargs.setdefault("device_ids", None)
+    return d2_create_ddp_model(model, **kwargs)
+
+
 def sync_batchnorm_on_cpu(module: nn.Module) -> nn.Module:
     """Replaces, in place, every ``nn.SyncBatchNorm`` (detectron2's ``norm="SyncBN"``) of ``module``
-    by detectron2's ``NaiveSyncBatchNorm`` with the same parameters and statistics, and returns it.
+    by detectron2's ``NaiveSyncBatchNorm`` holding the same parameter and buffer tensors (an
+    optimizer built before keeps updating them), and returns ``module``.
 
     ``nn.SyncBatchNorm`` refuses CPU tensors; ``NaiveSyncBatchNorm`` all-reduces the per-rank means
     and mean squares through any backend (gloo), so multi-process CPU runs keep the config's BN
@@ -71,8 +85,9 @@ def sync_batchnorm_on_cpu(module: nn.Module) -> nn.Module:
             replacement = NaiveSyncBatchNorm(
                 child.num_features, eps=child.eps, momentum=child.momentum, affine=child.affine,
                 track_running_stats=child.track_running_stats,
-            ).to(device=child.weight.device if child.affine else None)
-            replacement.load_state_dict(child.state_dict())
+            )
+            for key, tensor in [*child.named_parameters(recurse=False), *child.named_buffers(recurse=False)]:
+                setattr(replacement, key, tensor)
             replacement.train(child.training)
             setattr(module, name, replacement)
         else:

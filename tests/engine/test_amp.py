@@ -17,8 +17,8 @@ from d2ssl.engine.train_loop import Autocast, build_trainer, do_train
 
 REPO = Path(__file__).resolve().parents[2]
 METHODS = ["jigsaw", "rotnet", "npid", "pirl", "jigclu"]
-# bfloat16 keeps 8 bits of mantissa (relative step 2^-8 = 0.4%); through a ResNet-18 the loss terms
-# of one batch moved by at most ~1% in our runs: 3% is the bound we hold them to.
+# bfloat16 keeps 8 bits of mantissa (relative step 2^-8 = 0.4%); through the tiny ResNet-18 the loss
+# terms of this batch moved by 0.01% (Jigsaw) to 0.54% (NPID) when measured: 3% is the bound held.
 RTOL = 0.03
 NCE_OPTS = ("model.loss.negative_sampling_params.num_negatives=64", "dataloader.train.dataset.limit=256")
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 from detectron2.config import instantiate
-from detectron2.engine.defaults import create_ddp_model
+from detectron2.layers import NaiveSyncBatchNorm
 from detectron2.utils import comm
 
 from d2ssl.data.build import ResumableTrainingSampler
@@ -26,7 +26,7 @@ from d2ssl.engine import train_loop
 from d2ssl.engine.hooks import ResumeDataOrder
 from d2ssl.engine.launch import launch_processes, parse_command_line
 from d2ssl.engine.train_loop import setup_config
-from d2ssl.utils.distributed import sync_batchnorm_on_cpu
+from d2ssl.utils.distributed import create_ddp_model, sync_batchnorm_on_cpu
 
 REPO = Path(__file__).resolve().parents[2]
 WORLD = 2
@@ -87,9 +87,7 @@ def jigclu_step(norm: str) -> dict[str, dict[str, torch.Tensor]]:
     cfg = _config("jigclu", f"model.trunk.norm={norm}")
     torch.manual_seed(0)
     model = instantiate(cfg.model).train()
-    if comm.get_world_size() > 1:
-        sync_batchnorm_on_cpu(model)
-    ddp = create_ddp_model(model, broadcast_buffers=False, device_ids=None)
+    ddp = create_ddp_model(model, "cpu", broadcast_buffers=False)  # SyncBN -> NaiveSyncBatchNorm
     batch = _local(_mapped_batch(cfg))
     torch.manual_seed(1)
     losses = ddp(batch)
@@ -197,6 +195,15 @@ def test_syncbn_syncs_statistics_across_ranks_and_bn_does_not(two_ranks):
             torch.testing.assert_close(synced0[key], single[key], rtol=1e-4, atol=1e-6)
     plain0, plain1 = rank0["jigclu"]["BN"]["bn"], rank1["jigclu"]["BN"]["bn"]
     assert any(not torch.allclose(plain0[k], plain1[k]) for k in plain0), "BN must keep per-rank statistics"
+
+
+def test_syncbn_swap_keeps_the_tensors_the_optimizer_holds():
+    trunk = instantiate(_config("jigclu", "model.trunk.norm=SyncBN").model.trunk)
+    before = {k: id(v) for k, v in [*trunk.named_parameters(), *trunk.named_buffers()]}
+    sync_batchnorm_on_cpu(trunk)
+    assert not any(isinstance(m, torch.nn.SyncBatchNorm) for m in trunk.modules())
+    assert any(isinstance(m, NaiveSyncBatchNorm) for m in trunk.modules())
+    assert {k: id(v) for k, v in [*trunk.named_parameters(), *trunk.named_buffers()]} == before
 
 
 def _children(pid: int) -> list[int]:

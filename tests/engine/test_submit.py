@@ -125,9 +125,8 @@ def _run_local(tmp_path: Path, name: str, preempt: bool) -> tuple[Path, str]:
     while not job.done():
         assert time.monotonic() < deadline, "the job did not end in time"
         time.sleep(0.2)
-    log = job.stdout() or ""
-    failure = log[-3000:] + (job.stderr() or "")[-3000:]
-    assert job.state == "FINISHED" and (output / "model_final.pth").exists(), failure
+    log = (job.stdout() or "") + (job.stderr() or "")
+    assert job.state == "FINISHED" and (output / "model_final.pth").exists(), log[-6000:]
     return output, log
 
 
