@@ -126,3 +126,12 @@ def test_allow_pickle_flag_reaches_the_config(config, tmp_path):
     argv = ["--config-file", str(REPO / "configs" / config), f"train.output_dir={tmp_path}"]
     assert not allows_pickle(setup_from_args(parse_command_line(argv)))
     assert allows_pickle(setup_from_args(parse_command_line([*argv, "--allow-pickle"])))
+
+
+def test_a_spawned_process_traceback_quoted_in_a_message_is_reduced_to_its_error_line():
+    quoted = ("rank 1 (pid 12) exited with code 1; the job stopped.\nFirst error seen:\n"
+              "-- Process 1 terminated with the following error:\nTraceback (most recent call last):\n"
+              '  File "train_loop.py", line 3, in main\n    raise ValueError("boom")\nValueError: boom\n')
+    message = describe_error(RuntimeError(quoted))
+    assert message.startswith("RuntimeError: rank 1 (pid 12) exited with code 1")
+    assert "Traceback" not in message and "File " not in message and message.endswith("ValueError: boom")

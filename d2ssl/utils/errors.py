@@ -35,14 +35,25 @@ def _os_error_text(error: OSError) -> str:
     return f"{text}: {filename}" if filename else text
 
 
+def _without_tracebacks(text: str) -> str:
+    """Drops the frames of tracebacks quoted in a message (a spawned process's error arrives as
+    text), keeping the exception line that ends each."""
+    kept, in_traceback = [], False
+    for line in text.splitlines():
+        if line.strip() == "Traceback (most recent call last):":
+            in_traceback = True
+            continue
+        if in_traceback and (line.startswith((" ", "\t")) or not line.strip()):
+            continue
+        in_traceback = False
+        kept.append(line)
+    return "\n".join(kept)
+
+
 def _message(error: BaseException) -> str:
     if isinstance(error, KeyError) and error.args:
         return str(error.args[0])
-    text = str(error).strip()
-    if type(error).__name__ == "ProcessRaisedException":  # a spawned process's traceback as text
-        lines = [line for line in text.splitlines() if line.strip()]
-        return lines[-1].strip() if lines else text
-    return text or type(error).__name__
+    return _without_tracebacks(str(error)).strip() or type(error).__name__
 
 
 def describe_error(error: BaseException) -> str:
