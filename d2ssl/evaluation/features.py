@@ -345,8 +345,14 @@ EXTRACTION_KEYS = ("layers", "pooling", "batch_size", "num_workers", "output_dir
 def build_model_for_extraction(cfg: DictConfig) -> nn.Module:
     """``cfg.model`` (a model or a bare trunk) with ``train.weights_init`` (any layout the importer
     reads, heads skipped) or else ``train.init_checkpoint`` (a d2ssl run's ``model_final.pth``) loaded
-    into its trunk by the same importer, which reads files without unpickling code."""
-    model = instantiate(cfg.model)
+    into its trunk by the same importer, which reads files without unpickling code.
+
+    The model is initialised from ``train.seed`` in every process (detectron2 seeds rank r with
+    seed + r), so a randomly initialised trunk, the baseline of every evaluation, is the same
+    trunk on every rank and in every run."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.train.get("seed", 0))
+        model = instantiate(cfg.model)
     weights_init = dict(cfg.train.get("weights_init") or {})
     if not weights_init.get("PARAMS_FILE") and cfg.train.get("init_checkpoint"):
         weights_init["PARAMS_FILE"] = cfg.train.init_checkpoint

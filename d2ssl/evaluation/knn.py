@@ -85,7 +85,7 @@ def topk_accuracy(scores: np.ndarray, labels: np.ndarray, topk: Sequence[int] = 
     scores_t, labels_t = torch.as_tensor(scores), torch.as_tensor(labels, dtype=torch.int64)
     ranked = scores_t.topk(min(max(topk), scores_t.shape[1]), dim=1).indices
     hits = ranked == labels_t[:, None]
-    return {f"top{k}": 100.0 * hits[:, :k].any(dim=1).float().mean().item() for k in topk}
+    return {f"top{k}": 100.0 * hits[:, :k].any(dim=1).double().mean().item() for k in topk}
 
 
 def knn_evaluate(

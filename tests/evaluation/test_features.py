@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -127,3 +129,22 @@ def test_extraction_config_loads_a_d2ssl_checkpoint(tmp_path, tiny_config):
     with torch.no_grad():
         expected = torch.cat([model.pooled_features(mapper(d)["image"][None]) for d in test_images]).numpy()
     np.testing.assert_allclose(result["test"].features["res5"], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_two_processes_write_one_extraction_in_data_set_order(tmp_path):
+    # tools/extract_features.py --num-gpus 2 on a CPU config: two gloo processes, each extracting its
+    # InferenceSampler shard into the shared memory-mapped files.
+    config = CONFIGS / "eval" / "tiny" / "extract_features.py"
+    opts = [f"train.output_dir={tmp_path}", "dataloader.train.dataset.limit=21",
+            "dataloader.test.dataset.limit=5", "extraction.batch_size=4"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    tool = str(CONFIGS.parent / "tools" / "extract_features.py")
+    subprocess.run([sys.executable, tool, "--config-file", str(config), "--num-gpus", "2", *opts,
+                    f"extraction.output_dir={tmp_path / 'two'}"], check=True, env=env, capture_output=True)
+    cfg = setup_config(str(config), [*opts, f"extraction.output_dir={tmp_path / 'one'}"])
+    one = extract_from_config(cfg)  # the same seed-0 random trunk, in this one process
+    two = {split: load_features(str(tmp_path / "two"), split) for split in ("train", "test")}
+    for split in ("train", "test"):
+        np.testing.assert_allclose(two[split].features["res5"], one[split].features["res5"],
+                                   rtol=1e-4, atol=1e-5)
+        np.testing.assert_array_equal(two[split].labels, one[split].labels)

@@ -15,6 +15,7 @@ from d2ssl.engine.hooks import KNNMonitor
 from d2ssl.engine.train_loop import do_train
 from d2ssl.evaluation.features import FeatureSet
 from d2ssl.evaluation.knn import knn_evaluate, knn_scores, topk_accuracy
+from d2ssl.evaluation.plots import plot_embedding_map, subsample_per_class
 from d2ssl.modeling.backbone import build_resnet_trunk
 from d2ssl.modeling.meta_arch.base import SSLMetaArch
 from d2ssl.utils.metrics import read_metrics
@@ -104,3 +105,12 @@ def test_knn_monitor_in_a_training_run(tiny_config):
     do_train(cfg)
     values = [r["knn_top1"] for r in read_metrics(cfg.train.output_dir) if "knn_top1" in r]
     assert len(values) == 2 and all(0.0 <= v <= 100.0 for v in values)
+
+
+def test_embedding_map_png(tmp_path, photos):
+    memory, _ = photos
+    rows = subsample_per_class(memory.labels, 200)
+    assert 190 <= len(rows) <= 200 and len(np.unique(memory.labels[rows])) == 10
+    xy = plot_embedding_map(memory.features["res5"], memory.labels, str(tmp_path / "map.png"), max_points=200)
+    assert xy.shape == (len(rows), 2) and np.isfinite(xy).all()
+    assert (tmp_path / "map.png").read_bytes()[:4] == b"\x89PNG"
