@@ -57,7 +57,6 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--output")
     args = parser.parse_args()
-    torch.set_num_threads(2)
     images = get_dataset_dicts("fashion_mnist_train", limit=args.images)
     labels = np.array([d["label"] for d in images])
     runs = []
