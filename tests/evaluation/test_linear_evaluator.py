@@ -44,3 +44,28 @@ def test_evaluator_needs_labels():
     evaluator = ClassificationEvaluator()
     with pytest.raises(KeyError, match="label"):
         evaluator.process([{"image_id": 0}], {"fc": torch.zeros(1, 3)})
+
+
+LOGITS = torch.tensor([[3.0, 2, 1, 0, -1, -2], [0, 1, 2, 3, 4, 5], [5, 4, 3, 2, 1, 0], [0, 0, 9, 0, 0, 0]])
+LABELS = [0, 4, 5, 2]  # ranks 1, 2, 6, 1: top-1 2/4, top-5 3/4
+
+
+def _evaluate_shard(out_dir) -> None:
+    from detectron2.utils import comm
+
+    rank = comm.get_rank()
+    evaluator = ClassificationEvaluator()
+    # Shards of unequal size, as InferenceSampler gives when the data set does not divide.
+    shard = [0] if rank == 0 else [1, 2, 3]
+    evaluator.process([{"label": LABELS[i]} for i in shard], {"fc": LOGITS[shard]})
+    torch.save(evaluator.evaluate(), f"{out_dir}/rank{rank}.pth")
+
+
+def test_counts_of_all_processes_are_summed_on_every_rank(tmp_path):
+    from d2ssl.engine.launch import launch_processes
+
+    launch_processes(_evaluate_shard, 2, dist_url="auto", args=(str(tmp_path),), device="cpu")
+    expected = {"top1": 50.0, "top5": 75.0}
+    for rank in (0, 1):
+        results = torch.load(tmp_path / f"rank{rank}.pth", weights_only=True)
+        assert results["fc"] == pytest.approx(expected) and results["top1"] == 50.0
