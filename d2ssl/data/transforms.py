@@ -322,8 +322,10 @@ def autocontrast(images: torch.Tensor) -> torch.Tensor:
     lo = images.amin(dim=(2, 3), keepdim=True)
     hi = images.amax(dim=(2, 3), keepdim=True)
     flat = hi <= lo
-    scale = 255.0 / torch.where(flat, torch.ones_like(hi), hi - lo)
-    stretched = torch.floor((images - lo) * scale).clamp_(0, 255)
+    # PIL's arithmetic in float64: int(x * scale + offset), scale = 255 / (hi - lo), offset = -lo * scale.
+    scale = 255.0 / torch.where(flat, torch.ones_like(hi), hi - lo).to(torch.float64)
+    offset = -lo.to(torch.float64) * scale
+    stretched = torch.floor(images.to(torch.float64) * scale + offset).clamp_(0, 255).to(images.dtype)
     return torch.where(flat, images, stretched)
 
 

@@ -32,10 +32,13 @@ def _as_color_augmentation(transform) -> ColorAugmentation | None:
             bounds = getattr(transform, name)
             if bounds is None:
                 spans.append(0.0)
-            elif abs((bounds[0] + bounds[1]) / 2 - centre) < 1e-9 or (centre == 1.0 and bounds[0] == 0):
-                spans.append(float(bounds[1]) - centre)
-            else:
+                continue
+            # torchvision stores x as [max(0, 1 - x), 1 + x] (hue: [-x, x]); other ranges have no equivalent.
+            span = float(bounds[1]) - centre
+            low = -span if centre == 0.0 else max(0.0, 1.0 - span)
+            if span < 0 or abs(float(bounds[0]) - low) > 1e-9:
                 return None
+            spans.append(span)
         return ColorAugmentation(color_jitter=tuple(spans), color_jitter_prob=1.0, grayscale_prob=0.0,
                                  horizontal_flip=False)
     return None
