@@ -20,9 +20,9 @@ from __future__ import annotations
 import logging
 import math
 
+import torch
 from detectron2.config import instantiate
-from detectron2.engine import AMPTrainer, SimpleTrainer, default_writers, hooks
-from detectron2.engine.defaults import create_ddp_model
+from detectron2.engine import default_writers, hooks
 from detectron2.evaluation import inference_on_dataset
 from detectron2.utils import comm
 from omegaconf import DictConfig
@@ -31,7 +31,14 @@ from d2ssl.checkpoint.load import load_weights_init
 from d2ssl.config import instantiate_dataset
 from d2ssl.engine.checkpointer import AtomicCheckpointer
 from d2ssl.engine.hooks import PeriodicCheckpointer, RandomStateCheckpoint, ResumeDataOrder
-from d2ssl.engine.train_loop import allows_pickle, instantiate_with, scale_to_world_size, setup_from_args
+from d2ssl.engine.train_loop import (
+    allows_pickle,
+    build_trainer,
+    instantiate_with,
+    scale_to_world_size,
+    setup_from_args,
+)
+from d2ssl.utils.distributed import create_ddp_model
 
 logger = logging.getLogger("d2ssl")
 
@@ -109,6 +116,8 @@ def do_linear_benchmark(cfg: DictConfig, resume: bool = False) -> dict[str, floa
     # Trunk weights only; the classifier keeps its initialisation (JigClu: fc missing by design).
     load_weights_init(model, cfg.train.get("weights_init"))
     model.to(cfg.train.device)
+    if cfg.train.get("channels_last"):
+        model.to(memory_format=torch.channels_last)
     cfg.optimizer.params.model = model
     optimizer = instantiate(cfg.optimizer)
     optimized = [p for g in optimizer.param_groups for p in g["params"]]
@@ -118,8 +127,8 @@ def do_linear_benchmark(cfg: DictConfig, resume: bool = False) -> dict[str, floa
         cfg.dataloader.test.dataset, "dataloader.test.dataset"))
     evaluator = instantiate(cfg.dataloader.evaluator)
 
-    model = create_ddp_model(model, **cfg.train.ddp)
-    trainer = (AMPTrainer if cfg.train.amp.enabled else SimpleTrainer)(model, train_loader, optimizer)
+    model = create_ddp_model(model, cfg.train.device, **cfg.train.ddp)
+    trainer = build_trainer(model, train_loader, optimizer, cfg.train)
     pickle = allows_pickle(cfg)
     checkpointer = AtomicCheckpointer(model, cfg.train.output_dir, allow_pickle=pickle, trainer=trainer)
     eval_period = cfg.train.get("eval_period") or 0
