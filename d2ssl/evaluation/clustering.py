@@ -34,7 +34,12 @@ from dataclasses import asdict, dataclass, field
 
 import faiss
 import numpy as np
+from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
+from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+from d2ssl.engine.train_loop import setup_from_args
+from d2ssl.evaluation.features import extract_from_config, load_features
 
 logger = logging.getLogger(__name__)
 
@@ -198,8 +203,6 @@ def clustering_quality(assignments: np.ndarray, labels: np.ndarray) -> dict:
 
     Images with a label < 0 (unlabelled) are left out; ``num_labelled`` says how many were scored.
     """
-    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
-
     assignments, labels = np.asarray(assignments, dtype=np.int64), np.asarray(labels, dtype=np.int64)
     if assignments.shape != labels.shape:
         raise ValueError(f"{len(assignments)} cluster ids but {len(labels)} labels: need one label per image")
@@ -220,6 +223,7 @@ def clustering_quality(assignments: np.ndarray, labels: np.ndarray) -> dict:
 
 def plot_cluster_sizes(sizes: np.ndarray, path: str, nmi: float | None = None, title: str = "") -> None:
     """PNG: histogram of the cluster sizes (empty clusters in the first bin), NMI in the title."""
+    # Imported here: the backend must be chosen before pyplot is first imported, and only plots need it.
     import matplotlib
 
     matplotlib.use("Agg")
@@ -351,10 +355,6 @@ def cluster_from_config(cfg) -> ClusteringOutputs | None:
     ``FEATURES.PATH`` (empty: ``extraction.output_dir``), VISSL's ``EXTRACT: False``. k-means runs in
     the main process; other processes return None.
     """
-    from detectron2.utils import comm
-
-    from d2ssl.evaluation.features import extract_from_config, load_features
-
     c = cfg.clustering
     _check_keys(c, CLUSTERING_KEYS, "clustering")
     _check_keys(c.FEATURES, FEATURES_KEYS, "clustering.FEATURES")
@@ -371,7 +371,7 @@ def cluster_from_config(cfg) -> ClusteringOutputs | None:
         extract_from_config(cfg)
     if not comm.is_main_process():
         return None
-    path = f.PATH or cfg.extraction.output_dir
+    path = cfg.extraction.output_dir if f.EXTRACT else (f.PATH or cfg.extraction.output_dir)
     train = load_features(path, f.DATA_PARTITION, [f.LAYER_NAME])
     test = load_features(path, f.TEST_PARTITION, [f.LAYER_NAME]) if f.TEST_PARTITION else None
     return cluster_and_label(
@@ -394,7 +394,5 @@ def main(args) -> dict:
     """Entry point of ``tools/cluster_features.py`` in each launched process: the config (``key=value``
     overrides checked against it, logs and config.yaml in ``train.output_dir``), then
     ``cluster_from_config``; returns the summary (main process)."""
-    from d2ssl.engine.train_loop import setup_from_args
-
     outputs = cluster_from_config(setup_from_args(args))
     return outputs.summary if outputs is not None else {}
