@@ -53,7 +53,7 @@ fit = [r for r in read_metrics(f"{out}/clusterfit") if "clusterfit_accuracy" in 
 print(f"ClusterFit top-1 against the pseudo-labels: first {fit[0]['clusterfit_accuracy']:.3f}, "
       f"last {fit[-1]['clusterfit_accuracy']:.3f} (chance {1 / summary['NUM_CLUSTERS']:.3f})")
 for trunk in ("clusterfit", "rotnet"):
-    records = read_metrics(f"{out}/linear_{trunk}")
-    tops = {k: v for r in records for k, v in r.items() if "top1" in k or "accuracy" in k}
-    print(f"linear benchmark of the {trunk} trunk: {tops}")
+    top1 = [r["top1"] for r in read_metrics(f"{out}/linear_{trunk}") if "top1" in r]
+    print(f"linear benchmark of the {trunk} trunk: top-1 {max(top1):.1f} % (best of {len(top1)} evaluations, "
+          f"last {top1[-1]:.1f} %)")
 PY
