@@ -58,7 +58,8 @@ def _is_accuracy(key: str) -> bool:
 
 
 class BestAccuracy(hooks.BestCheckpointer):
-    """detectron2's ``BestCheckpointer`` on ``top1`` that also keeps, across resumes:
+    """detectron2's ``BestCheckpointer`` on ``top1`` (same schedule: after each ``EvalHook`` run) that
+    updates its state before writing ``model_best.pth`` and keeps, across resumes:
 
     - ``best_results``: every accuracy logged at the best ``top1`` evaluation (``top5`` included);
     - ``best_per_key``: the highest value of each accuracy over all evaluations (VISSL reports the
@@ -72,13 +73,21 @@ class BestAccuracy(hooks.BestCheckpointer):
 
     def _best_checking(self) -> None:
         latest = self.trainer.storage.latest()
+        if self._val_metric not in latest:
+            raise KeyError(f"the evaluation logged no {self._val_metric!r}; logged: {sorted(latest)}")
+        value, iteration = latest[self._val_metric]
         accuracies = {k: float(v) for k, (v, _) in latest.items() if _is_accuracy(k)}
         for k, v in accuracies.items():
             self.best_per_key[k] = max(v, self.best_per_key.get(k, -math.inf))
-        before = (self.best_metric, self.best_iter)
-        super()._best_checking()
-        if (self.best_metric, self.best_iter) != before:
-            self.best_results = accuracies
+        if not math.isfinite(value) or (self.best_metric is not None and value <= self.best_metric):
+            self._logger.info(f"{self._val_metric} {value} is not better than {self.best_metric} "
+                              f"(iteration {self.best_iter})")
+            return
+        # State first, then the file: model_best.pth holds the best scores it stands for.
+        self.best_metric, self.best_iter, self.best_results = float(value), int(iteration), accuracies
+        self._checkpointer.save(self._file_prefix, iteration=iteration)
+        self._logger.info(f"new best {self._val_metric} {value:.4f} at iteration {iteration}: saved "
+                          f"{self._file_prefix}.pth")
 
     def state_dict(self) -> dict:
         return {"best_metric": self.best_metric, "best_iter": self.best_iter,

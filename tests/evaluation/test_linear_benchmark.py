@@ -37,6 +37,8 @@ def test_short_linear_benchmark_on_a_random_trunk_beats_chance(tmp_path):
     assert list(out.glob("events.out.tfevents.*")) and (out / "model_best.pth").exists()
     # The best checkpoint is written beside the run without becoming the resume point ...
     assert (out / "last_checkpoint").read_text() == "model_final.pth"
+    best = torch.load(out / "model_best.pth", map_location="cpu", weights_only=True)
+    assert best["trainer"]["hooks"]["BestAccuracy"]["best_metric"] == results["top1"]
     # ... and evaluating it alone (tools/train_linear.py --eval-only) gives the best score again.
     cfg.train.init_checkpoint = str(out / "model_best.pth")
     assert evaluate_only(cfg)["fc"]["top1"] == results["top1"]
