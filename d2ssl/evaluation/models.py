@@ -126,6 +126,7 @@ class TrunkClassifier(nn.Module):
         if not heads:
             raise ValueError("TrunkClassifier needs at least one head")
         self.trunk = trunk
+        self.num_classes = num_classes
         self.freeze_trunk = freeze_trunk
         self.head_features = {name: spec.get("feature", "res5") for name, spec in heads.items()}
         self.features = sorted(set(self.head_features.values()), key=FEATURE_ORDER.index)
@@ -182,7 +183,11 @@ class TrunkClassifier(nn.Module):
         logits = self.logits(images)
         if not self.training:
             return logits
-        labels = torch.as_tensor([int(x["label"]) for x in batched_inputs], device=self.device)
+        labels = [int(x["label"]) for x in batched_inputs]
+        if not 0 <= min(labels) <= max(labels) < self.num_classes:
+            raise ValueError(f"labels {sorted(set(labels))} outside [0, {self.num_classes}): set "
+                             f"model.num_classes to the data set's number of classes")
+        labels = torch.as_tensor(labels, device=self.device)
         losses = {f"loss_{name}": F.cross_entropy(out, labels) for name, out in logits.items()}
         log_metrics(**{f"{name}_accuracy": (out.argmax(1) == labels).float().mean()
                        for name, out in logits.items()})

@@ -123,3 +123,11 @@ def test_a_pool_larger_than_the_map_is_an_error_naming_the_head():
     with pytest.raises(ValueError, match="head 'res5'.*does not fit"):
         TrunkClassifier(build_resnet_trunk(depth=18, base_channels=16),
                         {"res5": {"feature": "res5", "pool": [6, 1, 0]}}, num_classes=10, input_size=64)
+
+
+def test_labels_beyond_num_classes_are_an_error_naming_the_key(fashion_mnist_small):
+    model = TrunkClassifier(build_resnet_trunk(depth=18, base_channels=16), {"fc": {"feature": "res5"}},
+                            num_classes=5, input_size=32)
+    batch = [{"image": torch.zeros(3, 32, 32), "label": d["label"]} for d in fashion_mnist_small[:20]]
+    with pytest.raises(ValueError, match="model.num_classes"):
+        model.train()(batch)
