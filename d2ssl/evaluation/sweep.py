@@ -108,11 +108,13 @@ def _study(storage_file: str, study_name: str, sampler: str, params: Sequence[Se
            grid_points: int) -> optuna.Study:
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
-    storage = RDBStorage(
-        f"sqlite:///{os.path.abspath(storage_file)}",
-        heartbeat_interval=60, grace_period=180,
-        heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
-    )
+    with warnings.catch_warnings():  # the retry callback is "experimental" since optuna 2.8, still in 5.0
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        storage = RDBStorage(
+            f"sqlite:///{os.path.abspath(storage_file)}",
+            heartbeat_interval=60, grace_period=180,
+            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
+        )
     if sampler == "grid":
         chosen = optuna.samplers.GridSampler({p.name: p.grid(grid_points) for p in params}, seed=seed)
     elif sampler == "random":
@@ -155,10 +157,10 @@ def run_sweep(
         values = {p.name: p.suggest(trial, grid) for p in params}
         # A retried trial (its process was killed) reuses the folder of the trial it repeats.
         frozen = trial.study.get_trials(deepcopy=False)[trial.number]
-        with warnings.catch_warnings():  # "experimental" since optuna 2.8, still there in 5.0
+        with warnings.catch_warnings():  # as above
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             number = RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)
-        return float(objective(values, f"trial_{trial.number if number is None else number:04d}"))
+        return round(float(objective(values, f"trial_{trial.number if number is None else number:04d}")), 4)
 
     callbacks = [optuna.study.MaxTrialsCallback(n_trials, states=(TrialState.COMPLETE,))]
     if tracker:
