@@ -135,6 +135,12 @@ class RandomStateCheckpoint(HookBase):
             return
         next_iter = self.trainer.iter + 1
         if next_iter % self.period == 0 or next_iter >= self.trainer.max_iter:
+            self.gather()
+
+    def gather(self) -> None:
+        """Gathers every rank's random state for the next checkpoint (a collective: all ranks call
+        it; also at a checkpoint outside the period, ``d2ssl.engine.preemption.StopOnSignal``)."""
+        if comm.get_world_size() > 1:
             self._gathered = comm.all_gather(capture_random_state())
 
     def state_dict(self) -> dict:

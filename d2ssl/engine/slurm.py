@@ -7,12 +7,15 @@ with its arguments unchanged, in every task of the job. Each task joins the proc
 ``tcp://<first host of the job>:<port from the job id>`` with its global rank, as ``launch`` would.
 
 Preemption and time-out (submitit's protocol, as ``dvlab-research/JigsawClustering``'s and MoCo's
-SLURM launchers use): SLURM sends ``SIGUSR2`` ahead of the kill (``--signal=USR2@<delay>``);
-submitit calls ``ToolJob.checkpoint`` in the rank-0 task, which returns the same job with
-``--resume`` and the requeue count increased, and requeues it. The requeued job resumes from the
-last complete periodic checkpoint (``train.checkpointer.period`` bounds the work lost); the
-training loop's exact resume makes the run end as an uninterrupted one would. At most
-``max_requeues`` requeues (preemptions and time-outs together), each logged with its count.
+SLURM launchers use): SLURM sends ``SIGUSR2`` to every task ahead of the kill
+(``--signal=USR2@<delay>``). During training, ``d2ssl.engine.preemption.StopOnSignal`` takes the
+signal first: every rank finishes its iteration, the ranks agree on it, the main process writes a
+checkpoint of that iteration; then submitit's handler calls ``ToolJob.checkpoint`` in the rank-0
+task, which returns the same job with ``--resume`` and the requeue count increased, and requeues it;
+the other tasks end without error. The requeued job resumes from the signal-time checkpoint (no
+iteration lost); the training loop's exact resume makes the run end as an uninterrupted one would.
+A signal outside the training loop (setup, evaluation) requeues at once, from the last complete
+checkpoint. At most ``max_requeues`` requeues (preemptions and time-outs together), each logged.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import dataclasses
 import importlib.util
 import logging
 import shlex
+import signal
 import sys
 import zlib
 from collections.abc import Sequence
@@ -34,6 +38,7 @@ from detectron2.utils import comm
 from submitit.slurm import slurm as submitit_slurm
 
 from d2ssl.engine.launch import config_device, parse_command_line
+from d2ssl.engine.preemption import TrainingStopped
 
 logger = logging.getLogger("d2ssl")
 
@@ -96,15 +101,25 @@ class ToolJob:
 
     def __call__(self) -> Any:
         args = parse_command_line(self.argv)
-        init_distributed(submitit.JobEnvironment(), config_device(args.config_file, args.opts), self.requeues)
+        env = submitit.JobEnvironment()
+        init_distributed(env, config_device(args.config_file, args.opts), self.requeues)
         if self.requeues:
             logger.warning("requeued run %d of at most %d: resuming from the last checkpoint",
                            self.requeues, self.max_requeues)
-        return load_tool_main(Path(self.tool))(args)
+        try:
+            return load_tool_main(Path(self.tool))(args)
+        except TrainingStopped as stopped:
+            # Rank 0 requeues the job (submitit's handler, called by StopOnSignal); the others end
+            # without error, so that SLURM (KillOnBadExit) does not kill rank 0 before it requeued.
+            if env.global_rank == 0 or stopped.signum != getattr(signal, f"SIG{env.USR_SIG}"):
+                raise
+            logger.info("rank %d: %s; rank 0 requeues the job", env.global_rank, stopped)
+            return None
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission | None:
         """Called by submitit in the rank-0 task on preemption / time-out: the same job with
-        ``--resume`` (the last complete checkpoint is on disk), or None once the requeues are spent."""
+        ``--resume`` (the signal-time checkpoint, or outside training the last complete one, is on
+        disk), or None once the requeues are spent."""
         if self.requeues >= self.max_requeues:
             logger.error("preempted or timed out after %d requeues (max_requeues=%d): not requeued",
                          self.requeues, self.max_requeues)

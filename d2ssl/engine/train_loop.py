@@ -33,6 +33,7 @@ from d2ssl.config import (
 )
 from d2ssl.engine.checkpointer import AtomicCheckpointer
 from d2ssl.engine.hooks import PeriodicCheckpointer, RandomStateCheckpoint, ResumeDataOrder, build_knn_monitor
+from d2ssl.engine.preemption import StopOnSignal
 from d2ssl.utils.distributed import create_ddp_model
 
 logger = logging.getLogger("d2ssl")
@@ -216,11 +217,12 @@ def do_train(cfg: DictConfig, resume: bool = False) -> dict[str, float]:
     trainer = build_trainer(model, train_loader, optimizer, cfg.train)
     checkpointer = AtomicCheckpointer(model, cfg.train.output_dir, allow_pickle=allows_pickle(cfg),
                                       trainer=trainer)
+    random_states = RandomStateCheckpoint(period=cfg.train.checkpointer.period)
     trainer.register_hooks(
         [
             hooks.IterationTimer(),
             ResumeDataOrder(train_loader.batch_sampler.sampler),
-            RandomStateCheckpoint(period=cfg.train.checkpointer.period),
+            random_states,
             hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
             PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if comm.is_main_process() else None,
             build_knn_monitor(cfg.train.get("knn_monitor")),
@@ -229,6 +231,8 @@ def do_train(cfg: DictConfig, resume: bool = False) -> dict[str, float]:
             )
             if comm.is_main_process()
             else None,
+            # Last: on SIGTERM/SIGUSR2 (preemption), a checkpoint of the current iteration, then stop.
+            StopOnSignal(checkpointer if comm.is_main_process() else None, random_states),
         ]
     )
     checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=resume)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -17,7 +18,9 @@ from d2ssl.engine.slurm import Resources, ToolJob, build_executor, make_jobs, pa
 
 REPO = Path(__file__).resolve().parents[2]
 NPID = str(REPO / "configs/tiny/npid.py")
-MAX_ITER, PERIOD = 16, 4
+# No periodic checkpoint before the end: the requeued job can only resume from the one written at
+# the signal.
+MAX_ITER, PERIOD = 16, 100
 TRAIN_ARGS = [
     "--config-file", NPID, "dataloader.train.dataset.limit=256", "dataloader.train.total_batch_size=16",
     f"train.max_iter={MAX_ITER}", f"train.checkpointer.period={PERIOD}", "train.log_period=4",
@@ -114,9 +117,10 @@ def _run_local(tmp_path: Path, name: str, preempt: bool) -> tuple[Path, str]:
                           max_requeues=2)], executor)[0]
     deadline = time.monotonic() + 600
     if preempt:
-        # As SLURM does before preempting: SIGUSR2 to every task, here once a checkpoint exists.
-        while not (output / "last_checkpoint").exists():
-            assert not job.done() and time.monotonic() < deadline, "no checkpoint before the run ended"
+        # As SLURM does before preempting: SIGUSR2 to every task, here once iteration 3 was logged.
+        metrics = output / "metrics.json"
+        while not (metrics.exists() and metrics.stat().st_size > 0):
+            assert not job.done() and time.monotonic() < deadline, "the run ended before iteration 3"
             time.sleep(0.01)
         tasks = _children(int(job.job_id))
         assert len(tasks) == 2
@@ -143,6 +147,16 @@ def test_local_executor_preempted_job_requeues_and_resumes_exactly(tmp_path, _on
     preempted, log = _run_local(tmp_path, "preempted", preempt=True)
     assert "preempted or timed out: requeue 1 of at most 2 with --resume" in log
     assert "requeued run 1 of at most 2" in log
+    # Both tasks stopped after the same iteration S, where the main task wrote a checkpoint; the
+    # requeued job started at S + 1 from it (with period 100 there is no other to start from).
+    stops = re.findall(r"training stopped by SIGUSR2 after iteration (\d+)", log)
+    assert stops, log[-6000:]
+    stop = int(stops[0])
+    assert 3 <= stop < MAX_ITER - 1
+    assert f"Starting training from iteration {stop + 1}" in log
+    written = sorted(p.name for p in preempted.glob("model_*.pth"))
+    assert written == [f"model_{stop:07d}.pth", "model_final.pth"]
+    assert torch.load(preempted / f"model_{stop:07d}.pth", weights_only=True)["iteration"] == stop
     final = torch.load(preempted / "model_final.pth")["model"]
     reference = torch.load(straight / "model_final.pth")["model"]
     assert final.keys() == reference.keys()
