@@ -81,7 +81,7 @@ PYEOF
 fi
 
 step "d2ssl (editable) with dev extras"
-if ! have "import d2ssl, faiss, submitit, pytest, ruff, sklearn, skimage" || \
+if ! have "import d2ssl, faiss, submitit, optuna, matplotlib, pytest, ruff, sklearn, skimage" || \
    [ "$("$PY" -c 'import d2ssl, os; print(os.path.dirname(os.path.dirname(os.path.abspath(d2ssl.__file__))))' 2>/dev/null)" != "$ROOT" ]; then
   "${PIP[@]}" -e "$ROOT[dev]" || fail "pip install -e $ROOT[dev]"
 fi
