@@ -448,18 +448,23 @@ def main() -> None:
     load_start = os.getloadavg()
     with tempfile.TemporaryDirectory() as folder:
         write_photos(folder)
+        draft = draft_pixel_effect(folder)
         for r in range(args.rounds):
             for case in cases:
                 cmd = [sys.executable, __file__, "--case", case, "--photos", folder,
-                       "--seconds", str(args.seconds),
-                       "--nce-steps", str(args.nce_steps)]
+                       "--seconds", str(args.seconds), "--nce-steps", str(args.nce_steps)]
                 env = {**os.environ, "OMP_NUM_THREADS": "1"}
                 proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
                 if proc.returncode != 0:
                     raise RuntimeError(f"case {case} failed:\n{proc.stderr[-3000:]}")
                 results[case].append(json.loads(proc.stdout.strip().splitlines()[-1]))
                 print(f"round {r + 1}/{args.rounds} {case}: {results[case][-1]}", flush=True)
-        draft = draft_pixel_effect(folder)
+            # Written after every round, so an interrupted run keeps the rounds it finished.
+            text = write_report(args, results, load_start, draft, nce_cases, r + 1)
+    print(text)
+
+
+def write_report(args, results: dict, load_start, draft: dict, nce_cases: dict, rounds: int) -> str:
     summary = summarise(results)
     workers = {}
     for m in METHODS:
@@ -472,8 +477,9 @@ def main() -> None:
         "machine": machine(),
         "load_average_start": [round(x, 2) for x in load_start],
         "load_average_end": [round(x, 2) for x in os.getloadavg()],
-        "rounds": args.rounds,
+        "rounds": rounds,
         "quick": args.quick,
+        "seconds_per_mapper_case": args.seconds,
         "summary": summary,
         "ratios": ratios(results, METHODS, nce_cases),
         "workers_per_gpu": workers,
@@ -484,10 +490,10 @@ def main() -> None:
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out + ".json", "w") as f:
         json.dump(report, f, indent=1)
+    text = markdown(report)
     with open(args.out + ".md", "w") as f:
-        f.write(markdown(report))
-    print(markdown(report))
-
+        f.write(text)
+    return text
 
 if __name__ == "__main__":
     main()
