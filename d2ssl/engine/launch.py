@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
+import threading
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 
@@ -18,6 +20,7 @@ from detectron2.utils import comm
 from omegaconf import OmegaConf
 from torch.multiprocessing.spawn import ProcessException
 
+from d2ssl.engine.preemption import stop_signals
 from d2ssl.utils.errors import reporting_errors
 
 logger = logging.getLogger("d2ssl")
@@ -96,7 +99,9 @@ def launch_processes(
     GPU): the same spawn and rendezvous with the gloo backend and no CUDA call, so that multi-process
     training runs, and is tested, on any machine. Where a process fails, the others are stopped and
     ``WorkerFailedError`` names the rank that failed first (a rank killed by a signal before a
-    rank that raised, since the survivors' collectives then fail too).
+    rank that raised, since the survivors' collectives then fail too). ``SIGTERM``/``SIGUSR2`` sent
+    to this launcher are passed on to the processes, which write a checkpoint and stop
+    (``d2ssl.engine.preemption``).
     """
     world_size = num_machines * num_processes_per_machine
     if device != "cpu" and torch.cuda.is_available():
@@ -116,6 +121,7 @@ def launch_processes(
         join=False,
         start_method="spawn",
     )
+    previous = _pass_signals_on(context.processes)
     try:
         while not context.join(grace_period=10):
             pass
@@ -123,6 +129,27 @@ def launch_processes(
         raise WorkerFailedError(
             _describe_failure(context.processes, machine_rank * num_processes_per_machine, str(e))
         ) from e
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _pass_signals_on(processes: Sequence) -> dict:
+    """Sends the stop signals this process receives on to ``processes`` (instead of ending this one
+    and leaving them to run); returns the handlers replaced."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+
+    def pass_on(signum: int, frame) -> None:
+        logger.warning("launcher received %s: passed on to the %d processes", signal.Signals(signum).name,
+                       len(processes))
+        for process in processes:
+            try:
+                os.kill(process.pid, signum)
+            except ProcessLookupError:  # already ended
+                pass
+
+    return {signum: signal.signal(signum, pass_on) for signum in stop_signals()}
 
 
 def _cpu_worker(local_rank, main, world_size, num_local, machine_rank, dist_url, args, timeout) -> None:

@@ -5,13 +5,17 @@ from __future__ import annotations
 import os
 import random
 import signal
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from detectron2.engine import SimpleTrainer
+from detectron2.utils import comm
 
+from d2ssl.engine.launch import launch_processes
 from d2ssl.engine.preemption import StopOnSignal, TrainingStopped, stop_signals
 from d2ssl.engine.train_loop import do_train, setup_config
 
@@ -117,3 +121,35 @@ def test_handlers_are_restored_and_a_late_signal_is_handed_on():
         assert calls == [signal.SIGUSR2] and signal.getsignal(signal.SIGUSR2).__name__ == "<lambda>"
     finally:
         signal.signal(signal.SIGUSR2, previous)
+
+
+def _wait_for_stop_signal(folder: str) -> None:
+    received = []
+    signal.signal(signal.SIGUSR2, lambda s, f: received.append(s))
+    Path(folder, f"ready{comm.get_rank()}").touch()
+    deadline = time.monotonic() + 60
+    while not received and time.monotonic() < deadline:
+        time.sleep(0.01)
+    Path(folder, f"rank{comm.get_rank()}").write_text(",".join(signal.Signals(s).name for s in received))
+
+
+def test_launcher_passes_stop_signals_on_to_its_processes(tmp_path):
+    """``kill -USR2 <launcher>`` (or -TERM) reaches every training process of a CPU launch."""
+    at_launcher = []
+    # Were the signal not passed on, this handler (not the default one) would get it: pytest lives on.
+    previous = signal.signal(signal.SIGUSR2, lambda s, f: at_launcher.append(s))
+
+    def signal_the_launcher_when_ready() -> None:
+        deadline = time.monotonic() + 300
+        while not all((tmp_path / f"ready{r}").exists() for r in range(2)) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGUSR2)
+
+    threading.Thread(target=signal_the_launcher_when_ready, daemon=True).start()
+    try:
+        launch_processes(_wait_for_stop_signal, 2, dist_url="auto", args=(str(tmp_path),), device="cpu")
+        assert signal.getsignal(signal.SIGUSR2).__name__ == "<lambda>"  # restored
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    assert [(tmp_path / f"rank{r}").read_text() for r in range(2)] == ["SIGUSR2", "SIGUSR2"]
+    assert at_launcher == []
