@@ -10,6 +10,9 @@ detectron2's own data sets, trainer, hooks and evaluators. What it adds, and why
 - ``train.precise_bn`` runs detectron2's ``PreciseBN`` before each evaluation, as the MoCo / VISSL /
   JigClu detection configs do (``TEST.PRECISE_BN.ENABLED``);
 - the linear scaling of batch size and learning rate to the number of processes, as pretraining;
+- the pretraining loop's trainer, checkpointer and hooks (``d2ssl.engine.train_loop.build_training``):
+  atomic checkpoints, random states in checkpoints, a checkpoint on a stop signal; detectron2's
+  detection loader restarts its stream on resume (the data order is not resumed exactly);
 
 SyncBN ("SyncBN", ``torch.nn.SyncBatchNorm``) runs on a single CPU process as plain BatchNorm (it
 synchronises only when a process group of several ranks exists), so the CPU configs keep the
@@ -23,7 +26,7 @@ import os
 import pickle
 
 from detectron2.config import instantiate
-from detectron2.engine import default_writers, hooks
+from detectron2.engine import hooks
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
@@ -34,8 +37,14 @@ from d2ssl.checkpoint.export import to_detectron2
 from d2ssl.checkpoint.layouts import find_trunk
 from d2ssl.checkpoint.load import read_state_dict
 from d2ssl.engine.checkpointer import AtomicCheckpointer
-from d2ssl.engine.hooks import PeriodicCheckpointer
-from d2ssl.engine.train_loop import allows_pickle, build_trainer, scale_to_world_size, setup_from_args
+from d2ssl.engine.train_loop import (
+    allows_pickle,
+    build_model,
+    build_training,
+    run_training,
+    scale_to_world_size,
+    setup_from_args,
+)
 from d2ssl.utils.distributed import create_ddp_model
 from d2ssl.utils.safe_io import atomic_write
 
@@ -89,45 +98,28 @@ def train_detector(cfg: DictConfig, resume: bool = False) -> dict[str, float]:
     With ``resume=True`` it continues from ``train.output_dir/last_checkpoint`` if there is one.
     """
     scale_to_world_size(cfg, comm.get_world_size())
-    model = instantiate(cfg.model)
-    logger.info("Model:\n%s", model)
-    model.to(cfg.train.device)
+    model = build_model(cfg)
     cfg.optimizer.params.model = model
     optimizer = instantiate(cfg.optimizer)
-    train_loader = instantiate(cfg.dataloader.train)
 
-    model = create_ddp_model(model, cfg.train.device, **cfg.train.ddp)
-    trainer = build_trainer(model, train_loader, optimizer, cfg.train)
-    checkpointer = AtomicCheckpointer(model, cfg.train.output_dir, allow_pickle=allows_pickle(cfg),
-                                      trainer=trainer)
-    precise_bn = cfg.train.get("precise_bn") or {}
-    eval_period = cfg.train.get("eval_period", 0)
-    precise_bn_hook = None
-    if precise_bn.get("enabled"):
-        # Its own loader over the training set, as detectron2's DefaultTrainer does.
-        bn_loader = instantiate(cfg.dataloader.train)
-        precise_bn_hook = hooks.PreciseBN(eval_period, model, bn_loader, precise_bn.get("num_iter", 200))
-    trainer.register_hooks(
-        [
-            hooks.IterationTimer(),
-            hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
-            PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if comm.is_main_process() else None,
-            # Before the evaluation hook, so each evaluation sees the recomputed statistics.
-            precise_bn_hook,
-            hooks.EvalHook(eval_period, lambda: evaluate_detector(cfg, model)),
-            hooks.PeriodicWriter(
-                default_writers(cfg.train.output_dir, cfg.train.max_iter), period=cfg.train.log_period
-            )
-            if comm.is_main_process()
-            else None,
-        ]
-    )
+    def evaluation_hooks(trainer, wrapped_model: nn.Module, checkpointer) -> list:
+        precise_bn = cfg.train.get("precise_bn") or {}
+        eval_period = cfg.train.get("eval_period", 0)
+        precise_bn_hook = None
+        if precise_bn.get("enabled"):
+            # Its own loader over the training set, as detectron2's DefaultTrainer does.
+            bn_loader = instantiate(cfg.dataloader.train)
+            precise_bn_hook = hooks.PreciseBN(eval_period, wrapped_model, bn_loader,
+                                              precise_bn.get("num_iter", 200))
+        # PreciseBN first, so each evaluation sees the recomputed statistics; both before the periodic
+        # checkpointer, so a checkpoint holds them (detectron2's DefaultTrainer: PreciseBN before it).
+        return [precise_bn_hook, hooks.EvalHook(eval_period, lambda: evaluate_detector(cfg, wrapped_model))]
+
+    trainer, checkpointer = build_training(cfg, model, instantiate(cfg.dataloader.train), optimizer,
+                                           extra_hooks=evaluation_hooks)
     init = "" if resume and checkpointer.has_checkpoint() else cfg.train.init_checkpoint
     init = prepare_init_checkpoint(init, cfg.train.output_dir, allow_pickle=allows_pickle(cfg))
-    checkpointer.resume_or_load(init, resume=resume)
-    start_iter = trainer.iter + 1 if resume and checkpointer.has_checkpoint() else 0
-    trainer.train(start_iter, cfg.train.max_iter)
-    return {k: v[0] for k, v in trainer.storage.latest().items()}
+    return run_training(cfg, trainer, checkpointer, resume, init_checkpoint=init)
 
 
 def main(args) -> dict:
@@ -135,8 +127,7 @@ def main(args) -> dict:
     cfg = setup_from_args(args)
     if not args.eval_only:
         return train_detector(cfg, resume=args.resume)
-    model = instantiate(cfg.model).to(cfg.train.device)
-    model = create_ddp_model(model, cfg.train.device)
+    model = create_ddp_model(build_model(cfg), cfg.train.device)
     allow_pickle = allows_pickle(cfg)
     AtomicCheckpointer(model, cfg.train.output_dir, allow_pickle=allow_pickle).load(
         prepare_init_checkpoint(cfg.train.init_checkpoint, cfg.train.output_dir, allow_pickle=allow_pickle)

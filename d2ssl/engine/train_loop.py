@@ -6,17 +6,22 @@ What is added to detectron2's recipe, and why:
 - ``train.epochs`` (optional) sets ``max_iter`` from the data set size and batch size;
 - linear learning-rate scaling to the actual number of processes (``scale_to_world_size``);
 - exact resume: atomic checkpoints, the sampler restarted at the resumed iteration, RNG states saved.
+
+Its pieces are the one training setup of the project: the linear benchmark and semi-supervised
+fine-tuning call ``do_train`` with their evaluation hooks (``extra_hooks``); detection fine-tuning
+builds detectron2's loader itself and uses ``build_model``, ``build_training`` and ``run_training``.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from detectron2.config import LazyConfig, instantiate
-from detectron2.engine import AMPTrainer, SimpleTrainer, default_setup, default_writers, hooks
+from detectron2.engine import AMPTrainer, HookBase, SimpleTrainer, default_setup, default_writers, hooks
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from detectron2.utils.registry import locate
@@ -31,6 +36,7 @@ from d2ssl.config import (
     resolve_target,
     validate_config,
 )
+from d2ssl.data.build import ResumableTrainingSampler
 from d2ssl.engine.checkpointer import AtomicCheckpointer
 from d2ssl.engine.hooks import PeriodicCheckpointer, RandomStateCheckpoint, ResumeDataOrder, build_knn_monitor
 from d2ssl.engine.preemption import StopOnSignal
@@ -187,43 +193,54 @@ def build_trainer(model: nn.Module, data_loader, optimizer, train_cfg: DictConfi
     return SimpleTrainer(Autocast(model, device_type, torch.bfloat16), data_loader, optimizer)
 
 
-def do_train(cfg: DictConfig, resume: bool = False) -> dict[str, float]:
-    """Trains ``cfg`` (a LazyConfig with ``model``, ``dataloader.train``, ``optimizer``,
-    ``lr_multiplier``, ``train``) and returns the latest logged scalars.
+ExtraHooks = Callable[[SimpleTrainer, nn.Module, AtomicCheckpointer], Sequence[HookBase | None]]
+"""Builds a run's own hooks from its trainer, its (DDP-wrapped) model and its checkpointer."""
 
-    With ``resume=True`` it continues from ``train.output_dir/last_checkpoint`` if there is one:
-    model (memory bank included), optimizer, scheduler, iteration, data order and random state.
-    """
-    scale_to_world_size(cfg, comm.get_world_size())
-    dataset = instantiate_dataset(cfg.dataloader.train.dataset, "dataloader.train.dataset")
-    fill_num_train_samples(cfg.model, len(dataset))
-    check_num_train_samples(cfg.model, len(dataset))
-    if cfg.train.get("epochs") is not None:
-        batch = cfg.dataloader.train.total_batch_size
-        cfg.train.max_iter = math.ceil(cfg.train.epochs * len(dataset) / batch)
 
+def build_model(cfg: DictConfig) -> nn.Module:
+    """``cfg.model`` instantiated, with the trunk weights of ``train.weights_init`` (if any), on
+    ``train.device`` (in channels-last memory format with ``train.channels_last``)."""
     model = instantiate(cfg.model)
     logger.info("Model:\n%s", model)
-    # Trunk weights from another run or code base; init_checkpoint / resume below override them.
+    # Trunk weights from another run or code base; init_checkpoint / resume override them.
     load_weights_init(model, cfg.train.get("weights_init"))
     model.to(cfg.train.device)
     if cfg.train.get("channels_last"):
         model.to(memory_format=torch.channels_last)
-    cfg.optimizer.params.model = model
-    optimizer = instantiate(cfg.optimizer)
-    train_loader = instantiate_with(cfg.dataloader.train, dataset=dataset)
+    return model
 
+
+def build_training(
+    cfg: DictConfig, model: nn.Module, data_loader, optimizer: torch.optim.Optimizer,
+    extra_hooks: ExtraHooks | None = None,
+) -> tuple[SimpleTrainer, AtomicCheckpointer]:
+    """The trainer of ``model`` (wrapped by ``create_ddp_model``; ``build_trainer``), its
+    ``AtomicCheckpointer`` on ``train.output_dir`` and the standard hooks, in this order: iteration
+    timer, data order (where the loader's sampler is a ``ResumableTrainingSampler``; detectron2's
+    detection loaders restart their stream), random states, LR scheduler, the hooks
+    ``extra_hooks(trainer, model, checkpointer)`` returns, periodic checkpointer, kNN monitor
+    (``train.knn_monitor``), writers, stop on signal.
+
+    The extra hooks run before the periodic checkpointer, so a checkpoint written at their iteration
+    holds what they changed (best scores, PreciseBN statistics).
+    """
     model = create_ddp_model(model, cfg.train.device, **cfg.train.ddp)
-    trainer = build_trainer(model, train_loader, optimizer, cfg.train)
+    trainer = build_trainer(model, data_loader, optimizer, cfg.train)
     checkpointer = AtomicCheckpointer(model, cfg.train.output_dir, allow_pickle=allows_pickle(cfg),
                                       trainer=trainer)
+    sampler = getattr(getattr(data_loader, "batch_sampler", None), "sampler", None)
+    data_order = ResumeDataOrder(sampler) if isinstance(sampler, ResumableTrainingSampler) else None
+    if data_order is None:
+        logger.info("the training loader's sampler (%s) is not resumable: a resumed run restarts its data "
+                    "stream", type(sampler).__name__)
     random_states = RandomStateCheckpoint(period=cfg.train.checkpointer.period)
     trainer.register_hooks(
         [
             hooks.IterationTimer(),
-            ResumeDataOrder(train_loader.batch_sampler.sampler),
+            data_order,
             random_states,
             hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
+            *(extra_hooks(trainer, model, checkpointer) if extra_hooks is not None else ()),
             PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if comm.is_main_process() else None,
             build_knn_monitor(cfg.train.get("knn_monitor")),
             hooks.PeriodicWriter(
@@ -235,11 +252,51 @@ def do_train(cfg: DictConfig, resume: bool = False) -> dict[str, float]:
             StopOnSignal(checkpointer if comm.is_main_process() else None, random_states),
         ]
     )
-    checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=resume)
+    return trainer, checkpointer
+
+
+def run_training(
+    cfg: DictConfig, trainer: SimpleTrainer, checkpointer: AtomicCheckpointer, resume: bool = False,
+    init_checkpoint: str | None = None,
+) -> dict[str, float]:
+    """Resumes from ``train.output_dir/last_checkpoint`` (``resume`` and there is one) or initialises
+    the model from ``init_checkpoint`` (default ``train.init_checkpoint``), trains up to
+    ``train.max_iter`` and returns the latest logged scalars."""
+    init = cfg.train.init_checkpoint if init_checkpoint is None else init_checkpoint
+    checkpointer.resume_or_load(init, resume=resume)
     # The checkpoint stores the iteration that just finished: continue with the next one.
     start_iter = trainer.iter + 1 if resume and checkpointer.has_checkpoint() else 0
     trainer.train(start_iter, cfg.train.max_iter)
     return {k: v[0] for k, v in trainer.storage.latest().items()}
+
+
+def do_train(
+    cfg: DictConfig, resume: bool = False, extra_hooks: ExtraHooks | None = None
+) -> dict[str, float]:
+    """Trains ``cfg`` (a LazyConfig with ``model``, ``dataloader.train``, ``optimizer``,
+    ``lr_multiplier``, ``train``) and returns the latest logged scalars.
+
+    With ``resume=True`` it continues from ``train.output_dir/last_checkpoint`` if there is one:
+    model (memory bank included), optimizer, scheduler, iteration, data order and random state.
+    ``extra_hooks``: a run's own hooks (e.g. evaluation, see ``build_training``).
+    """
+    scale_to_world_size(cfg, comm.get_world_size())
+    dataset = instantiate_dataset(cfg.dataloader.train.dataset, "dataloader.train.dataset")
+    fill_num_train_samples(cfg.model, len(dataset))
+    check_num_train_samples(cfg.model, len(dataset))
+    if cfg.train.get("epochs") is not None:
+        batch = cfg.dataloader.train.total_batch_size
+        cfg.train.max_iter = math.ceil(cfg.train.epochs * len(dataset) / batch)
+    logger.info("training on %d images for %d iterations", len(dataset), cfg.train.max_iter)
+
+    model = build_model(cfg)
+    cfg.optimizer.params.model = model
+    optimizer = instantiate(cfg.optimizer)
+    optimized = [p for g in optimizer.param_groups for p in g["params"]]
+    logger.info("optimizing %d tensors (%d values)", len(optimized), sum(p.numel() for p in optimized))
+    train_loader = instantiate_with(cfg.dataloader.train, dataset=dataset)
+    trainer, checkpointer = build_training(cfg, model, train_loader, optimizer, extra_hooks)
+    return run_training(cfg, trainer, checkpointer, resume)
 
 
 def allows_pickle(cfg: DictConfig) -> bool:

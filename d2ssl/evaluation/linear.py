@@ -1,6 +1,6 @@
 """Linear benchmarks (frozen trunk) and semi-supervised fine-tuning, trained with detectron2's loop.
 
-``do_linear_benchmark(cfg, resume)`` is ``d2ssl.engine.train_loop.do_train`` plus evaluation: a
+``do_linear_benchmark(cfg, resume)`` is ``d2ssl.engine.train_loop.do_train`` with evaluation hooks: a
 config (``configs/eval/*.py``) has a ``TrunkClassifier`` model (``d2ssl.evaluation.models``),
 ``dataloader.train`` (``build_ssl_train_loader``: resumable, exact), ``dataloader.test`` (detectron2's
 ``build_detection_test_loader``, sharded over processes) and ``dataloader.evaluator``
@@ -20,25 +20,14 @@ from __future__ import annotations
 import logging
 import math
 
-import torch
 from detectron2.config import instantiate
-from detectron2.engine import default_writers, hooks
+from detectron2.engine import hooks
 from detectron2.evaluation import inference_on_dataset
-from detectron2.utils import comm
 from omegaconf import DictConfig
 
-from d2ssl.checkpoint.load import load_weights_init
 from d2ssl.config import instantiate_dataset
 from d2ssl.engine.checkpointer import AtomicCheckpointer
-from d2ssl.engine.hooks import PeriodicCheckpointer, RandomStateCheckpoint, ResumeDataOrder
-from d2ssl.engine.train_loop import (
-    allows_pickle,
-    build_trainer,
-    instantiate_with,
-    scale_to_world_size,
-    setup_from_args,
-)
-from d2ssl.utils.distributed import create_ddp_model
+from d2ssl.engine.train_loop import allows_pickle, build_model, do_train, instantiate_with, setup_from_args
 
 logger = logging.getLogger("d2ssl")
 
@@ -106,6 +95,28 @@ class BestAccuracy(hooks.BestCheckpointer):
         return out
 
 
+class EvaluationHooks:
+    """The linear benchmark's own hooks for ``do_train`` (``extra_hooks``): ``EvalHook`` on
+    ``dataloader.test`` every ``train.eval_period`` iterations and at the end, then ``BestAccuracy``
+    (``model_best.pth``); ``best`` is that hook once ``do_train`` built it."""
+
+    def __init__(self, cfg: DictConfig):
+        self.cfg = cfg
+        self.best: BestAccuracy | None = None
+
+    def __call__(self, trainer, model, checkpointer: AtomicCheckpointer) -> list:
+        cfg = self.cfg
+        test_loader = instantiate_with(cfg.dataloader.test, dataset=instantiate_dataset(
+            cfg.dataloader.test.dataset, "dataloader.test.dataset"))
+        evaluator = instantiate(cfg.dataloader.evaluator)
+        eval_period = cfg.train.get("eval_period") or 0
+        best_file = _BestFileCheckpointer(model, cfg.train.output_dir, allow_pickle=checkpointer.allow_pickle,
+                                          trainer=trainer)
+        self.best = BestAccuracy(eval_period, best_file)
+        return [hooks.EvalHook(eval_period, lambda: inference_on_dataset(model, test_loader, evaluator)),
+                self.best]
+
+
 def do_linear_benchmark(cfg: DictConfig, resume: bool = False) -> dict[str, float]:
     """Trains the classifier(s) of ``cfg`` and evaluates them; see the module docstring.
 
@@ -114,57 +125,9 @@ def do_linear_benchmark(cfg: DictConfig, resume: bool = False) -> dict[str, floa
     process. With ``resume=True`` it continues from ``train.output_dir/last_checkpoint`` exactly
     (weights, optimizer, scheduler, data order, random state, best scores).
     """
-    scale_to_world_size(cfg, comm.get_world_size())
-    dataset = instantiate_dataset(cfg.dataloader.train.dataset, "dataloader.train.dataset")
-    if cfg.train.get("epochs") is not None:
-        batch = cfg.dataloader.train.total_batch_size
-        cfg.train.max_iter = math.ceil(cfg.train.epochs * len(dataset) / batch)
-    logger.info("training on %d images for %d iterations", len(dataset), cfg.train.max_iter)
-
-    model = instantiate(cfg.model)
-    # Trunk weights only; the classifier keeps its initialisation (JigClu: fc missing by design).
-    load_weights_init(model, cfg.train.get("weights_init"))
-    model.to(cfg.train.device)
-    if cfg.train.get("channels_last"):
-        model.to(memory_format=torch.channels_last)
-    cfg.optimizer.params.model = model
-    optimizer = instantiate(cfg.optimizer)
-    optimized = [p for g in optimizer.param_groups for p in g["params"]]
-    logger.info("optimizing %d tensors (%d values)", len(optimized), sum(p.numel() for p in optimized))
-    train_loader = instantiate_with(cfg.dataloader.train, dataset=dataset)
-    test_loader = instantiate_with(cfg.dataloader.test, dataset=instantiate_dataset(
-        cfg.dataloader.test.dataset, "dataloader.test.dataset"))
-    evaluator = instantiate(cfg.dataloader.evaluator)
-
-    model = create_ddp_model(model, cfg.train.device, **cfg.train.ddp)
-    trainer = build_trainer(model, train_loader, optimizer, cfg.train)
-    pickle = allows_pickle(cfg)
-    checkpointer = AtomicCheckpointer(model, cfg.train.output_dir, allow_pickle=pickle, trainer=trainer)
-    eval_period = cfg.train.get("eval_period") or 0
-    best_file = _BestFileCheckpointer(model, cfg.train.output_dir, allow_pickle=pickle, trainer=trainer)
-    best = BestAccuracy(eval_period, best_file)
-    trainer.register_hooks(
-        [
-            hooks.IterationTimer(),
-            ResumeDataOrder(train_loader.batch_sampler.sampler),
-            RandomStateCheckpoint(period=cfg.train.checkpointer.period),
-            hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
-            # Evaluation before the periodic checkpoint: a checkpoint at an evaluation iteration holds
-            # the best scores including that evaluation.
-            hooks.EvalHook(eval_period, lambda: inference_on_dataset(model, test_loader, evaluator)),
-            best,
-            PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if comm.is_main_process() else None,
-            hooks.PeriodicWriter(
-                default_writers(cfg.train.output_dir, cfg.train.max_iter), period=cfg.train.log_period
-            )
-            if comm.is_main_process()
-            else None,
-        ]
-    )
-    checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=resume)
-    start_iter = trainer.iter + 1 if resume and checkpointer.has_checkpoint() else 0
-    trainer.train(start_iter, cfg.train.max_iter)
-    summary = best.summary()
+    evaluation = EvaluationHooks(cfg)
+    do_train(cfg, resume=resume, extra_hooks=evaluation)
+    summary = evaluation.best.summary()
     logger.info("best validation accuracy: %s", summary)
     return summary
 
@@ -181,9 +144,7 @@ def main(args) -> dict[str, float]:
 def evaluate_only(cfg: DictConfig, resume: bool = False) -> dict:
     """Top-1/top-5 of the model in ``train.init_checkpoint`` (or ``output_dir``'s last checkpoint
     with ``resume``) on ``dataloader.test``."""
-    model = instantiate(cfg.model)
-    load_weights_init(model, cfg.train.get("weights_init"))
-    model.to(cfg.train.device)
+    model = build_model(cfg)
     checkpointer = AtomicCheckpointer(model, cfg.train.output_dir, allow_pickle=allows_pickle(cfg))
     checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=resume)
     test_loader, evaluator = instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator)
