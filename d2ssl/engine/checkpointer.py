@@ -12,7 +12,8 @@
 - Integrity: each saved checkpoint gets a ``<name>.pth.sha256`` beside it; every file loaded
   (resume, ``train.init_checkpoint``) must match its checksum if it has one and pass the CRC32 checks
   of its zip container (``d2ssl.utils.safe_io.verify_integrity``). Resuming from a damaged or
-  unreadable file falls back, with a warning, to the newest other complete checkpoint in the folder.
+  unreadable file falls back, with a warning, to the run's other training checkpoints (periodic and
+  final, latest iteration first; never ``model_best.pth`` or other weights in the folder).
 - No code from files: ``torch.load(weights_only=True)`` and, for ``.pkl`` files, an unpickler that
   builds only numpy arrays and containers, unless ``allow_pickle`` (``--allow-pickle``).
 - Unreadable files (truncated, corrupted, missing) raise ``CheckpointLoadError`` naming the file.
@@ -21,6 +22,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -38,6 +40,8 @@ from d2ssl.utils.safe_io import (
 )
 
 _MODULE_PREFIX = "module."  # added by DataParallel / DistributedDataParallel
+# Files holding a run's training state: PeriodicCheckpointer's "<prefix>_<iteration>" and "<prefix>_final".
+_TRAINING_CHECKPOINT = re.compile(r"^.+_(\d+|final)\.pth$")
 
 
 class CheckpointLoadError(RuntimeError):
@@ -129,12 +133,8 @@ class AtomicCheckpointer(DetectionCheckpointer):
             return self.load(last)
         except DamagedCheckpointError as damaged:
             error = damaged
-        # Newest first; each candidate is checked the same way before anything is loaded.
-        others = sorted(
-            (f for f in self.get_all_checkpoint_files() if os.path.abspath(f) != os.path.abspath(last)),
-            key=lambda f: (os.path.getmtime(f) if os.path.isfile(f) else 0.0, f), reverse=True,
-        )
-        for candidate in others:
+        # Each candidate is checked the same way before anything is loaded.
+        for candidate in self._training_checkpoints(exclude=last):
             self.logger.warning(
                 f"{error}\nResuming from the previous complete checkpoint {candidate} instead; the "
                 f"iterations after it are trained again."
@@ -144,6 +144,30 @@ class AtomicCheckpointer(DetectionCheckpointer):
             except DamagedCheckpointError as e:
                 error = e
         raise error
+
+    def _training_checkpoints(self, exclude: str) -> list[str]:
+        """The run's training-state checkpoints in ``save_dir`` but ``exclude``, latest iteration first:
+        the periodic ``<prefix>_<iteration>.pth`` (iteration from the name) and ``<prefix>_final.pth``
+        (the iteration it stores). Other files (``model_best.pth`` of the linear benchmark, converted
+        or copied weights) are not the run's latest state and are never resumed from. The order does
+        not rely on modification times, which a copy of the folder may change."""
+        ranked = []
+        for path in self.get_all_checkpoint_files():
+            match = _TRAINING_CHECKPOINT.match(os.path.basename(path))
+            if not match or os.path.abspath(path) == os.path.abspath(exclude):
+                continue
+            if match.group(1) == "final":
+                ranked.append((self._stored_iteration(path), 0, path))
+            else:
+                ranked.append((int(match.group(1)), 1, path))  # a periodic file first at the same iteration
+        return [path for *_, path in sorted(ranked, reverse=True)]
+
+    def _stored_iteration(self, path: str) -> int:
+        """The ``iteration`` saved in ``path``; -1 if it cannot be read (tried last)."""
+        try:
+            return int(load_torch_file(path).get("iteration", -1))
+        except Exception:  # noqa: BLE001  (a damaged file is refused when it is loaded)
+            return -1
 
     def load(self, path: str, checkpointables: list[str] | None = None) -> dict[str, Any]:
         if path and "://" not in path and not os.path.isfile(path):

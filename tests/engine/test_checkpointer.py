@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import struct
 import subprocess
@@ -282,3 +283,37 @@ def test_init_checkpoint_may_cover_part_of_the_model_but_must_fit_it(tmp_path):
     with pytest.raises(CheckpointLoadError, match=r"absent\.pth.*does not exist"):
         AtomicCheckpointer(model).resume_or_load(str(tmp_path / "absent.pth"), resume=False)
     _assert_untouched(model, before)
+
+
+@pytest.mark.parametrize("final_iteration, expected", [(5, "model_0000007.pth"), (8, FINAL)])
+def test_resume_fallback_takes_the_latest_training_checkpoint_never_model_best(
+        tmp_path, caplog, final_iteration, expected):
+    # A copied folder: the oldest checkpoint has the newest modification time, and the linear benchmark's
+    # model_best.pth (written without touching last_checkpoint) is newer than every training checkpoint.
+    model = _model()
+    out = tmp_path / "run"
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    checkpointer = AtomicCheckpointer(model, str(out), optimizer=optimizer)
+    weights = {}
+    for iteration, name in ((1, "model_0000001"), (7, "model_0000007"), (final_iteration, "model_final"),
+                            (9, "model_0000009"), (9, "model_best")):
+        with torch.no_grad():
+            model[0].weight.fill_(float(iteration) + (0.5 if name == "model_best" else 0.0))
+        checkpointer.save(name, iteration=iteration)
+        weights[f"{name}.pth"] = _snapshot(model)
+    (out / "last_checkpoint").write_text("model_0000009.pth")
+    future = (out / "model_best.pth").stat().st_mtime + 100
+    os.utime(out / "model_0000001.pth", (future, future))
+    _damage(out / "model_0000009.pth", "flipped")
+
+    resumed = _model()
+    extra = _resume(resumed, out)
+    assert extra["iteration"] == {"model_0000007.pth": 7, FINAL: final_iteration}[expected]
+    assert all(torch.equal(v, weights[expected][k]) for k, v in resumed.state_dict().items())
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert not any("model_best.pth" in w for w in warnings), warnings
+    # With every training checkpoint damaged, resume fails rather than continuing from model_best.pth.
+    for name in ("model_0000001.pth", "model_0000007.pth", FINAL):
+        _damage(out / name, "garbage")
+    with pytest.raises(CheckpointLoadError, match=r"model_final\.pth"):  # the last one tried
+        _resume(_model(), out)
