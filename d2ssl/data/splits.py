@@ -13,6 +13,7 @@ An image is named in list files by the base name of its ``file_name`` (the SimCL
     write_split_lists(parts, "splits/", names=("train", "val", "test"))   # splits/train.txt, ...
     val = subset_from_list(dicts, "splits/val.txt")                      # the same images later
     one_percent = class_balanced_subset(dicts, fraction=0.01, seed=0)     # >= 1 image per class
+    write_dataset_split("folder:/data/images", "splits/", seed=0)         # tools/split_dataset.py
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from collections.abc import Sequence
 import numpy as np
 from detectron2.utils.file_io import PathManager
 
+from d2ssl.config import dataset_shorthand, instantiate_dataset
 from d2ssl.data.datasets import DatasetError
 
 
@@ -163,6 +165,30 @@ def write_split_lists(
     for part, path in zip(parts, paths):
         write_list_file(part, path)
     return paths
+
+
+def write_dataset_split(
+    dataset: str, output_dir: str, ratios: Sequence[float] = (0.7, 0.15, 0.15), seed: int = 0,
+    names: Sequence[str] | None = None,
+) -> list[str]:
+    """Splits the data set ``dataset`` names by ``ratios`` per class from ``seed`` (``stratified_split``)
+    and writes each part to ``output_dir/<name>.txt`` (``write_split_lists``); returns the file paths.
+
+    ``dataset``: ``folder:PATH`` (class sub-folders), ``list:FILE`` (``load_image_list``),
+    ``catalog:NAME[,NAME...]`` or a registered name (``fashion_mnist_train``), as the ``dataset=``
+    shorthands of the command line. ``names``: default ``train, val, test`` (``train, val`` for two
+    ratios, ``part0, part1, ...`` otherwise).
+    """
+    node = dataset_shorthand(dataset) or dataset_shorthand(f"catalog:{dataset}")
+    if node is None:
+        raise ValueError(
+            f"data set {dataset!r}: expected folder:PATH, list:FILE, catalog:NAME or a registered name"
+        )
+    if names is None:
+        defaults = {3: ("train", "val", "test"), 2: ("train", "val")}
+        names = defaults.get(len(ratios), tuple(f"part{i}" for i in range(len(ratios))))
+    parts = stratified_split(instantiate_dataset(node, "dataset"), ratios, seed)
+    return write_split_lists(parts, output_dir, names)
 
 
 def split_part(

@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from d2ssl.config import ConfigError
 from d2ssl.data.datasets import DatasetError, load_image_folder
 from d2ssl.data.splits import (
     class_balanced_subset,
     split_part,
     stratified_split,
     subset_from_list,
+    write_dataset_split,
     write_split_lists,
 )
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -102,3 +110,40 @@ def test_written_split_reads_back_as_the_same_images(image_tree, tmp_path, fmnis
     fm_parts = stratified_split(fmnist, ratios=(0.5, 0.5), seed=0)
     (path,) = write_split_lists(fm_parts[:1], str(tmp_path / "fm"), names=("train",))
     assert _ids(subset_from_list(fmnist, path)) == _ids(fm_parts[0])
+
+
+def test_split_dataset_tool_writes_70_15_15_lists_per_class_from_a_seed(tmp_path, fashion_mnist_train):
+    # 20 real photos in each of 3 class folders: 14 / 3 / 3 of every class.
+    root = tmp_path / "photos"
+    for label, wnid in enumerate(("n01", "n02", "n03")):
+        (root / wnid).mkdir(parents=True)
+        photos = [d for d in fashion_mnist_train if d["label"] == label][:20]
+        for i, d in enumerate(photos):
+            Image.fromarray(np.asarray(d["image"])).save(root / wnid / f"{wnid}_{i:02d}.png")
+    out = tmp_path / "split"
+    result = subprocess.run(
+        [sys.executable, "-W", "ignore", str(REPO / "tools" / "split_dataset.py"),
+         "--dataset", f"folder:{root}", "--output-dir", str(out), "--seed", "0"],
+        capture_output=True, text=True, timeout=300, cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    paths = [str(out / f"{name}.txt") for name in ("train", "val", "test")]
+    assert result.stdout.split() == paths
+
+    dicts = load_image_folder(str(root))
+    parts = [subset_from_list(dicts, path) for path in paths]
+    for part, per_class in zip(parts, (14, 3, 3)):
+        assert Counter(d["label"] for d in part) == {0: per_class, 1: per_class, 2: per_class}
+    names = [{Path(d["file_name"]).name for d in part} for part in parts]
+    assert sum(len(n) for n in names) == len(set().union(*names)) == 60  # disjoint, covering
+    # The tool's split is stratified_split's for that seed; another seed draws other images.
+    assert [_ids(p) for p in parts] == [_ids(p) for p in stratified_split(dicts, seed=0)]
+    other = write_dataset_split(f"folder:{root}", str(tmp_path / "seed1"), seed=1)
+    assert _ids(subset_from_list(dicts, other[1])) != _ids(parts[1])
+
+
+def test_split_dataset_names_a_data_set_it_cannot_read(tmp_path):
+    with pytest.raises(ConfigError, match=r"no_such_set.*not registered.*fashion_mnist_train"):
+        write_dataset_split("no_such_set", str(tmp_path))
+    with pytest.raises(ConfigError, match=r"dataset\.root=.*missing.*does not exist"):
+        write_dataset_split(f"folder:{tmp_path / 'missing'}", str(tmp_path))
