@@ -79,7 +79,8 @@ class JigsawClusteringMapper:
 
     With a :class:`ColorAugmentation`, each patch's crop box is drawn from the generator and read
     from the photo in one resize (the random-resized crop of the quadrant, composed with the
-    quadrant's box), and the 4 patches are augmented as one uint8 batch. ``decode_min_side``: see
+    quadrant's box), and the 4 patches are augmented by :class:`ColorAugmentation` (per PIL patch, or
+    as one uint8 batch with ``backend="torch"``). ``decode_min_side``: see
     ``read_rgb_image`` (off by default; a patch is at most 0.8 of the photo's side, so
     ``patch_size / 0.8`` keeps the crops at or above their output resolution on average).
     """
@@ -114,9 +115,11 @@ class JigsawClusteringMapper:
                 top, left_in, h, w = random_resized_crop_box(
                     right - left, lower - upper, self.crop_scale, generator
                 )
-                crop = resized_crop(image, (upper + top, left + left_in, h, w), self.patch_size)
-                crops.append(pil_to_uint8(crop))
-            patches = self.augmentation.apply(torch.stack(crops), generator)
+                crops.append(resized_crop(image, (upper + top, left + left_in, h, w), self.patch_size))
+            if self.augmentation.backend == "pil":
+                patches = self.augmentation.apply_pil(crops, generator)
+            else:
+                patches = self.augmentation.apply(torch.stack([pil_to_uint8(c) for c in crops]), generator)
             patches = normalize_uint8(patches, self.pixel_mean, self.pixel_std)
             return {"patches": patches, "image_id": dataset_dict["image_id"]}
         with torch_rng_from(generator):

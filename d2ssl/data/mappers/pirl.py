@@ -21,6 +21,9 @@ from d2ssl.data.transforms import (
     cut_tiles,
     normalize_uint8,
     random_resized_crop,
+    random_resized_crop_box,
+    resized_crop,
+    tile_corners,
     to_normalized_tensor,
     torch_rng_from,
 )
@@ -100,6 +103,8 @@ class PIRLMapper:
         }
 
     def _fast_views(self, image, generator: torch.Generator, image_id) -> dict:
+        if self.augmentation is not None and self.augmentation.backend == "pil":
+            return self._pil_views(image, generator, image_id)
         view = random_resized_crop(image, self.image_size, self.image_scale, generator)[None]
         patch_crop = random_resized_crop(image, self.patch_crop_size, self.patch_crop_scale, generator)
         tiles = cut_tiles(patch_crop, self.grid, self.tile_size, generator)
@@ -108,6 +113,26 @@ class PIRLMapper:
         if self.augmentation is not None:
             view = self.augmentation.apply(view, generator)
             tiles = self.augmentation.apply(tiles, generator)
+        return {
+            "image": normalize_uint8(view[0], self.pixel_mean, self.pixel_std),
+            "tiles": normalize_uint8(tiles, self.pixel_mean, self.pixel_std),
+            "tile_order": tile_order,
+            "image_id": image_id,
+        }
+
+    def _pil_views(self, image: Image.Image, generator: torch.Generator, image_id) -> dict:
+        # The same draws as _fast_views' tensor path; the views stay PIL images until augmented.
+        box = random_resized_crop_box(image.width, image.height, self.image_scale, generator)
+        view = resized_crop(image, box, self.image_size)
+        box = random_resized_crop_box(image.width, image.height, self.patch_crop_scale, generator)
+        patch_crop = resized_crop(image, box, self.patch_crop_size)
+        size = self.patch_crop_size
+        corners = tile_corners(size, size, self.grid, self.tile_size, generator)
+        tile_order = torch.randperm(self.num_tiles, generator=generator)
+        t = self.tile_size
+        tiles = [patch_crop.crop((x, y, x + t, y + t)) for y, x in (corners[i] for i in tile_order.tolist())]
+        view = self.augmentation.apply_pil([view], generator)
+        tiles = self.augmentation.apply_pil(tiles, generator)
         return {
             "image": normalize_uint8(view[0], self.pixel_mean, self.pixel_std),
             "tiles": normalize_uint8(tiles, self.pixel_mean, self.pixel_std),
