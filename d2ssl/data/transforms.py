@@ -538,8 +538,12 @@ class ColorAugmentation:
     def apply_pil(
         self, views: list[Image.Image], generator: torch.Generator, contrast_means: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """:meth:`apply` on a list of same-sized RGB PIL views (no conversion to a tensor and back)."""
-        return self.apply_params_pil(views, self.draw(len(views), generator), contrast_means)
+        """:meth:`apply` on a list of same-sized RGB PIL views (with the ``"pil"`` backend, no
+        conversion to a tensor and back) -> uint8 ``(n, 3, H, W)``."""
+        params = self.draw(len(views), generator)
+        if self.backend == "pil":
+            return self.apply_params_pil(views, params, contrast_means)
+        return self.apply_params_torch(torch.stack([pil_to_uint8(v) for v in views]), params, contrast_means)
 
     def apply_params_pil(
         self, views: list[Image.Image], params: dict, contrast_means: torch.Tensor | None = None

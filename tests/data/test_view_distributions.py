@@ -220,7 +220,7 @@ def test_jigsaw_crop_is_resize_then_crop_of_the_same_window():
     mapper = JigsawMapper(X.generate_permutations(9, 10), resize_size=64, crop_size=60, tile_size=16)
     g = torch.Generator().manual_seed(0)
     state = g.get_state()
-    ours = mapper._resized_crop(image, g).float()
+    ours = X.pil_to_uint8(mapper._resized_crop(image, g)).float()
     g.set_state(state)
     new_w = int(64 * 451 / 300)
     top = int(torch.randint(0, 64 - 60 + 1, (1,), generator=g))
@@ -380,8 +380,9 @@ def test_npid_fast_view_uses_the_whole_photos_contrast_grey(photo, monkeypatch):
     mapper = ImageMapper([T.ColorJitter(contrast=0.9), T.RandomResizedCrop(16, scale=(0.05, 0.05))])
     jitter = mapper.plan[0][0]
     seen = []
-    monkeypatch.setattr(
-        jitter, "apply", lambda views, g, contrast_means=None: seen.append(contrast_means) or views
+    monkeypatch.setattr(  # the PIL crop goes to apply_pil
+        jitter, "apply_pil",
+        lambda views, g, contrast_means=None: seen.append(contrast_means) or X.pil_to_uint8(views[0])[None],
     )
     mapper({"image": np.asarray(photo), "image_id": 0}, torch.Generator().manual_seed(0))
     whole_grey = int(np.asarray(photo.convert("L"), dtype=float).mean() + 0.5)

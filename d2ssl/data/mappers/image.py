@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
-from PIL import ImageStat
+from PIL import Image, ImageStat
 from torchvision import transforms as T
 
 from d2ssl.data.image_io import read_rgb_image
@@ -14,7 +14,9 @@ from d2ssl.data.transforms import (
     IMAGENET_STD,
     ColorAugmentation,
     normalize_uint8,
-    random_resized_crop,
+    pil_to_uint8,
+    random_resized_crop_box,
+    resized_crop,
     to_normalized_tensor,
     torch_rng_from,
 )
@@ -110,9 +112,16 @@ class ImageMapper:
         means = None
         if before:  # contrast blends with the whole photo's grey level (PIL: rounded mean of L)
             means = torch.tensor([float(int(ImageStat.Stat(image.convert("L")).mean[0] + 0.5))])
-        view = random_resized_crop(image, crop.size[0], tuple(crop.scale), generator, tuple(crop.ratio))[None]
-        for op in before:
-            view = op.apply(view, generator, contrast_means=means)
-        for op in after:
-            view = op.apply(view, generator)
+        box = random_resized_crop_box(
+            image.width, image.height, tuple(crop.scale), generator, tuple(crop.ratio)
+        )
+        view = resized_crop(image, box, crop.size[0])
+        # The first op takes the PIL crop as it is; the later ones the uint8 tensor it returns.
+        for op, contrast_means in [(op, means) for op in before] + [(op, None) for op in after]:
+            if isinstance(view, Image.Image):
+                view = op.apply_pil([view], generator, contrast_means=contrast_means)
+            else:
+                view = op.apply(view, generator, contrast_means=contrast_means)
+        if isinstance(view, Image.Image):
+            view = pil_to_uint8(view)[None]
         return normalize_uint8(view[0], self.pixel_mean, self.pixel_std)

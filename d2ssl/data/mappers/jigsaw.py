@@ -14,7 +14,6 @@ from d2ssl.data.transforms import (
     cut_tiles,
     normalize_per_tile,
     normalize_uint8,
-    pil_to_uint8,
     validate_permutations,
 )
 
@@ -80,17 +79,17 @@ class JigsawMapper:
     def __call__(self, dataset_dict: dict, generator: torch.Generator) -> dict:
         # An image narrower than the grid would give tiles cut from the same pixels.
         image = read_rgb_image(dataset_dict, min_size=self.grid, decode_min_side=self.decode_min_side)
-        crop = normalize_uint8(self.gray.apply(self._resized_crop(image, generator)[None], generator)[0],
-                               self.pixel_mean, self.pixel_std)
+        crop = self.gray.apply_pil([self._resized_crop(image, generator)], generator)[0]
         tiles = cut_tiles(crop, self.grid, self.tile_size, generator)
         perm_index = int(torch.randint(len(self.permutations), (1,), generator=generator))
-        tiles = tiles[self.permutations[perm_index]]
+        # Normalisation is per pixel: the tiles' pixels only, not the whole crop's (VISSL's order).
+        tiles = normalize_uint8(tiles[self.permutations[perm_index]], self.pixel_mean, self.pixel_std)
         if self.per_tile_normalization:
             tiles = normalize_per_tile(tiles)
         return {"tiles": tiles, "perm_index": perm_index, "image_id": dataset_dict["image_id"]}
 
 
-    def _resized_crop(self, image: Image.Image, generator: torch.Generator) -> torch.Tensor:
+    def _resized_crop(self, image: Image.Image, generator: torch.Generator) -> Image.Image:
         """``Resize(resize_size)`` then ``RandomCrop(crop_size)``, as one PIL resize of the source region
         under the crop (the same sampling positions and filter as resizing the whole image)."""
         width, height = image.size
@@ -103,4 +102,4 @@ class JigsawMapper:
         left = int(torch.randint(0, new_w - self.crop_size + 1, (1,), generator=generator))
         sx, sy = width / new_w, height / new_h
         box = (left * sx, top * sy, (left + self.crop_size) * sx, (top + self.crop_size) * sy)
-        return pil_to_uint8(image.resize((self.crop_size, self.crop_size), Image.BILINEAR, box=box))
+        return image.resize((self.crop_size, self.crop_size), Image.BILINEAR, box=box)

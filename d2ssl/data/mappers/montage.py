@@ -26,7 +26,6 @@ from d2ssl.data.transforms import (
     ColorAugmentation,
     color_augmentation,
     normalize_uint8,
-    pil_to_uint8,
     random_resized_crop_box,
     resized_crop,
     to_normalized_tensor,
@@ -116,10 +115,7 @@ class JigsawClusteringMapper:
                     right - left, lower - upper, self.crop_scale, generator
                 )
                 crops.append(resized_crop(image, (upper + top, left + left_in, h, w), self.patch_size))
-            if self.augmentation.backend == "pil":
-                patches = self.augmentation.apply_pil(crops, generator)
-            else:
-                patches = self.augmentation.apply(torch.stack([pil_to_uint8(c) for c in crops]), generator)
+            patches = self.augmentation.apply_pil(crops, generator)
             patches = normalize_uint8(patches, self.pixel_mean, self.pixel_std)
             return {"patches": patches, "image_id": dataset_dict["image_id"]}
         with torch_rng_from(generator):

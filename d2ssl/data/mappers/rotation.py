@@ -15,7 +15,8 @@ from d2ssl.data.transforms import (
     ColorAugmentation,
     color_augmentation,
     normalize_uint8,
-    random_resized_crop,
+    random_resized_crop_box,
+    resized_crop,
     to_normalized_tensor,
     torch_rng_from,
 )
@@ -74,8 +75,8 @@ class RotationMapper:
     def __call__(self, dataset_dict: dict, generator: torch.Generator) -> dict:
         image = read_rgb_image(dataset_dict, decode_min_side=self.decode_min_side)
         if isinstance(self.augmentation, ColorAugmentation):
-            view = random_resized_crop(image, self.crop_size, self.crop_scale, generator)[None]
-            view = self.augmentation.apply(view, generator)
+            box = random_resized_crop_box(image.width, image.height, self.crop_scale, generator)
+            view = self.augmentation.apply_pil([resized_crop(image, box, self.crop_size)], generator)
             crop = normalize_uint8(view[0], self.pixel_mean, self.pixel_std)
         else:  # any PIL transform
             with torch_rng_from(generator):
