@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 from omegaconf import OmegaConf
@@ -49,6 +50,14 @@ def pretraining_rows(demo_dir: str) -> list[list]:
     return rows
 
 
+def _final_box_ap(run: str) -> tuple[float, float] | None:
+    try:
+        evals = [r for r in read_metrics(run) if "bbox/AP" in r]
+    except FileNotFoundError:
+        return None
+    return (evals[-1]["bbox/AP"], evals[-1]["bbox/AP50"]) if evals else None
+
+
 def detection_rows(demo_dir: str) -> list[list]:
     """One row per ``detection*`` run folder: the COCO box AP/AP50 of its last evaluation."""
     rows = []
@@ -56,15 +65,57 @@ def detection_rows(demo_dir: str) -> list[list]:
         run = os.path.join(demo_dir, name)
         if not name.startswith("detection") or not os.path.isdir(run):
             continue
-        try:
-            evals = [r for r in read_metrics(run) if "bbox/AP" in r]
-        except FileNotFoundError:
-            evals = []
-        if not evals:
+        final = _final_box_ap(run)
+        if final is None:
             rows.append([name, "-", "-", "-", run])
             continue
-        last = evals[-1]
-        rows.append([name, last["iteration"], f"{last['bbox/AP']:.1f}", f"{last['bbox/AP50']:.1f}", run])
+        last_iter = [r for r in read_metrics(run) if "bbox/AP" in r][-1]["iteration"]
+        rows.append([name, last_iter, f"{final[0]:.1f}", f"{final[1]:.1f}", run])
+    return rows
+
+
+def _read_json(path: str) -> dict | None:
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def _evaluation(features_dir: str) -> tuple[float | None, float | None]:
+    """(fast-path linear top-1 of the best grid cell, kNN top-1 at k=20) written under ``features_dir``."""
+    grid = _read_json(os.path.join(features_dir, "linear_grid.json"))
+    knn = _read_json(os.path.join(features_dir, "knn_res5.json"))
+    return (grid["best"]["top1"] if grid else None), (knn.get("top1@20") if knn else None)
+
+
+def _pair(pretrained: float | None, random: float | None) -> str:
+    if pretrained is None or random is None:
+        return "-"
+    return f"{pretrained:.1f} vs {random:.1f} ({pretrained - random:+.1f})"
+
+
+def transfer_rows(demo_dir: str) -> list[list]:
+    """What pretraining bought, one row per pretraining run that was evaluated: its pretext metric
+    (last value and chance), then linear top-1, kNN top-1 and box AP of the pretrained trunk against a
+    randomly initialised trunk of the same architecture under the same evaluation.
+
+    Reads ``eval/<method>/`` and ``eval/<method>_random/`` (features, ``linear_grid.json``,
+    ``knn_res5.json``), and ``detection_<method>/`` and ``detection_random/`` (COCO box AP).
+    """
+    eval_dir = os.path.join(demo_dir, "eval")
+    methods = sorted(m for m in (os.listdir(eval_dir) if os.path.isdir(eval_dir) else [])
+                     if not m.endswith("_random") and os.path.isdir(os.path.join(eval_dir, m)))
+    pretext = {row[0]: row for row in pretraining_rows(demo_dir)}
+    random_ap = _final_box_ap(os.path.join(demo_dir, "detection_random"))
+    rows = []
+    for method in methods:
+        linear, knn = _evaluation(os.path.join(eval_dir, method))
+        linear_random, knn_random = _evaluation(os.path.join(eval_dir, f"{method}_random"))
+        row = pretext.get(method)
+        metric = f"{row[1]} {row[3]} (chance {row[4]})" if row else "-"
+        ap = _final_box_ap(os.path.join(demo_dir, f"detection_{method}"))
+        rows.append([method, metric, _pair(linear, linear_random), _pair(knn, knn_random),
+                     _pair(ap[0] if ap else None, random_ap[0] if random_ap else None)])
     return rows
 
 
@@ -77,4 +128,15 @@ def format_report(demo_dir: str) -> str:
         detection_rows(demo_dir), headers=["detection fine-tune", "iterations", "box AP", "AP50", "output"],
         tablefmt="github", disable_numparse=True,
     )
-    return f"Pretraining\n{pretraining}\n\nDetection transfer (COCO evaluation)\n{detection}"
+    text = f"Pretraining\n{pretraining}\n\nDetection transfer (COCO evaluation)\n{detection}"
+    transfer = transfer_rows(demo_dir)
+    if transfer:
+        table = tabulate(
+            transfer,
+            headers=["method", "pretext metric (last)", "linear top-1: pretrained vs random",
+                     "kNN top-1 (k 20): pretrained vs random", "box AP: pretrained vs random"],
+            tablefmt="github", disable_numparse=True,
+        )
+        title = "What pretraining bought (same evaluation; random: a random trunk of the same architecture)"
+        text += f"\n\n{title}\n{table}"
+    return text

@@ -33,3 +33,20 @@ def test_missing_metric_is_named(tmp_path):
         metric_trajectory(str(tmp_path / "run"), "jigsaw_accuracy")
     with pytest.raises(FileNotFoundError, match="no metrics.json"):
         metric_trajectory(str(tmp_path / "nothing"), "jigsaw_accuracy")
+
+
+def test_report_pairs_each_pretrained_trunk_with_its_random_baseline(tmp_path):
+    rotnet = [{"iteration": 19, "rotnet_accuracy": 0.3}, {"iteration": 39, "rotnet_accuracy": 0.8}]
+    _write_run(tmp_path / "rotnet", rotnet)
+    for name, linear, knn in (("rotnet", 84.0, 80.5), ("rotnet_random", 80.0, 77.0)):
+        folder = tmp_path / "eval" / name
+        folder.mkdir(parents=True)
+        (folder / "linear_grid.json").write_text(json.dumps({"best": {"top1": linear}, "cells": []}))
+        (folder / "knn_res5.json").write_text(json.dumps({"top1@20": knn, "top1@200": knn - 1}))
+    _write_run(tmp_path / "detection_rotnet", [{"iteration": 99, "bbox/AP": 9.0, "bbox/AP50": 30.0}])
+    _write_run(tmp_path / "detection_random", [{"iteration": 99, "bbox/AP": 7.5, "bbox/AP50": 20.0}])
+    text = format_report(str(tmp_path))
+    assert "84.0 vs 80.0 (+4.0)" in text
+    assert "80.5 vs 77.0 (+3.5)" in text
+    assert "9.0 vs 7.5 (+1.5)" in text
+    assert "rotnet_accuracy 0.800 (chance 0.250)" in text
