@@ -32,7 +32,8 @@ class JigsawMapper:
 
     The resize and crop are one PIL resize of the region under the crop; the flip (drawn before the
     crop in VISSL; a flipped crop at a uniform position has the same law) and grayscale run on the
-    uint8 crop; every parameter comes from the generator. ``decode_min_side``: see
+    PIL crop; only the tiles' pixels are normalised (per pixel, so equal to normalising the crop);
+    every parameter comes from the generator. ``decode_min_side``: see
     ``read_rgb_image`` (off by default).
     """
 
