@@ -44,8 +44,10 @@ class PIRLMapper:
       ``photo_gblur_augmentation()``.
 
     With a :class:`ColorAugmentation` (or none), every parameter is drawn from the generator and the
-    views are augmented as two uint8 batches (the image; the tiles); any other callable runs on PIL
-    views under :func:`torch_rng_from`. ``decode_min_side``: see ``read_rgb_image`` (off by default).
+    views stay PIL images until :class:`ColorAugmentation` augments them (per view with its
+    ``"pil"`` backend; as two uint8 batches, the image and the tiles, with ``"torch"``); any other
+    callable runs on PIL views under :func:`torch_rng_from`. ``decode_min_side``: see
+    ``read_rgb_image`` (off by default).
     """
 
     def __init__(
