@@ -19,11 +19,11 @@ REPO = Path(__file__).resolve().parents[2]
 BENCHMARK = runpy.run_path(str(REPO / "benchmarks" / "pretraining_vs_random.py"))
 SEED = 0
 # benchmarks/results/pretraining_vs_random_cpu.json (tiny RotNets, 300 steps on 32 px views, training
-# seeds 0-2, vs random trunks of init seeds 0-2; res5 of the 32 px view of 10,000 training / 2,000 test
-# photos; the benchmark's 16-cell grid): linear top-1 pretrained 78.60-80.60 %, random 75.00-76.65 %; the
-# worst pretrained run beats the best random run by 1.95 points. The test asserts half that gap for
+# seeds 0-2, vs random trunks of init seeds 0-2; res4 of the 32 px view of 10,000 training / 2,000 test
+# photos; the benchmark's 16-cell grid): linear top-1 pretrained 80.10-81.15 %, random 74.65-77.70 %; the
+# worst pretrained run beats the best random run by 2.40 points. The test asserts half that gap for
 # training seed 0 against the random trunk of init seed 0.
-MARGIN = 1.0
+MARGIN = 1.2
 
 
 def pretrain_tiny_rotnet(output_dir: Path) -> str:
