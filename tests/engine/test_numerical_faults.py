@@ -77,5 +77,7 @@ def test_checkpointer_refuses_to_save_non_finite_weights(tmp_path):
     message = r"model_0000002\.pth.*0\.weight, 1\.running_var.*model_0000001"
     with pytest.raises(FloatingPointError, match=message):
         checkpointer.save("model_0000002")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["last_checkpoint", "model_0000001.pth"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "last_checkpoint", "model_0000001.pth", "model_0000001.pth.sha256"
+    ]
     assert (tmp_path / "last_checkpoint").read_text() == "model_0000001.pth"
