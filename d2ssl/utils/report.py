@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 
@@ -82,9 +83,11 @@ def _read_json(path: str) -> dict | None:
 
 
 def _evaluation(features_dir: str) -> tuple[float | None, float | None]:
-    """(fast-path linear top-1 of the best grid cell, kNN top-1 at k=20) written under ``features_dir``."""
+    """(fast-path linear top-1 of the best grid cell, kNN top-1 at k=20) written under ``features_dir``
+    by ``tools/linear_grid.py`` and ``tools/knn_eval.py``."""
     grid = _read_json(os.path.join(features_dir, "linear_grid.json"))
-    knn = _read_json(os.path.join(features_dir, "knn_res5.json"))
+    knn_files = sorted(glob.glob(os.path.join(features_dir, "knn_*.json")))  # knn_<layer>.json
+    knn = _read_json(knn_files[0]) if knn_files else None
     return (grid["best"]["top1"] if grid else None), (knn.get("top1@20") if knn else None)
 
 
@@ -100,11 +103,12 @@ def transfer_rows(demo_dir: str) -> list[list]:
     randomly initialised trunk of the same architecture under the same evaluation.
 
     Reads ``eval/<method>/`` and ``eval/<method>_random/`` (features, ``linear_grid.json``,
-    ``knn_res5.json``), and ``detection_<method>/`` and ``detection_random/`` (COCO box AP).
+    ``knn_<layer>.json``; the demo links ``<method>_random`` to the random trunk seen at that method's
+    image size), and ``detection_<method>/`` and ``detection_random/`` (COCO box AP).
     """
     eval_dir = os.path.join(demo_dir, "eval")
     methods = sorted(m for m in (os.listdir(eval_dir) if os.path.isdir(eval_dir) else [])
-                     if not m.endswith("_random") and os.path.isdir(os.path.join(eval_dir, m)))
+                     if "random" not in m and os.path.isdir(os.path.join(eval_dir, m)))
     pretext = {row[0]: row for row in pretraining_rows(demo_dir)}
     random_ap = _final_box_ap(os.path.join(demo_dir, "detection_random"))
     rows = []

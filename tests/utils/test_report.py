@@ -42,7 +42,7 @@ def test_report_pairs_each_pretrained_trunk_with_its_random_baseline(tmp_path):
         folder = tmp_path / "eval" / name
         folder.mkdir(parents=True)
         (folder / "linear_grid.json").write_text(json.dumps({"best": {"top1": linear}, "cells": []}))
-        (folder / "knn_res5.json").write_text(json.dumps({"top1@20": knn, "top1@200": knn - 1}))
+        (folder / "knn_res4.json").write_text(json.dumps({"top1@20": knn, "top1@200": knn - 1}))
     _write_run(tmp_path / "detection_rotnet", [{"iteration": 99, "bbox/AP": 9.0, "bbox/AP50": 30.0}])
     _write_run(tmp_path / "detection_random", [{"iteration": 99, "bbox/AP": 7.5, "bbox/AP50": 20.0}])
     text = format_report(str(tmp_path))
