@@ -78,18 +78,25 @@ def _walk(top: str):
         yield from _walk(os.path.join(top, d))
 
 
+def read_list_file(list_file: str, what: str = "list file") -> list[str]:
+    """The non-empty, stripped lines of ``list_file`` (image lists, subset lists such as SimCLR's
+    ``1percent.txt``); a missing or empty file is a ``DatasetError`` naming it as ``what``."""
+    if not PathManager.isfile(list_file):
+        raise DatasetError(f"{what} {list_file!r} does not exist")
+    with PathManager.open(list_file) as f:
+        lines = [line.strip() for line in f if line.strip()]
+    if not lines:
+        raise DatasetError(f"{what} {list_file!r} is empty")
+    return lines
+
+
 def load_image_list(list_file: str, root: str = "", labels_file: str | None = None) -> list[dict]:
     """Reads a list file (one image path per line, relative to ``root``), with optional labels.
 
     ``labels_file`` is a ``.npy`` array with one integer per line of ``list_file`` (e.g. ClusterFit
     pseudo-labels).
     """
-    if not PathManager.isfile(list_file):
-        raise DatasetError(f"image list file {list_file!r} does not exist")
-    with PathManager.open(list_file) as f:
-        paths = [line.strip() for line in f if line.strip()]
-    if not paths:
-        raise DatasetError(f"image list file {list_file!r} is empty")
+    paths = read_list_file(list_file, "image list file")
     dicts = [{"file_name": os.path.join(root, p) if root else p, "image_id": i} for i, p in enumerate(paths)]
     if labels_file:
         dicts = attach_labels(dicts, labels_file, dataset_name=repr(list_file))

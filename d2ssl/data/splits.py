@@ -26,7 +26,7 @@ import numpy as np
 from detectron2.utils.file_io import PathManager
 
 from d2ssl.config import dataset_shorthand, instantiate_dataset
-from d2ssl.data.datasets import DatasetError
+from d2ssl.data.datasets import DatasetError, read_list_file
 
 
 def sample_name(d: dict) -> str:
@@ -94,17 +94,6 @@ def class_balanced_subset(dataset: Sequence[dict], fraction: float, seed: int = 
     return [dict(dataset[i]) for i in sorted(chosen)]
 
 
-def read_list_file(list_file: str) -> list[str]:
-    """The non-empty, stripped lines of ``list_file``."""
-    if not PathManager.isfile(list_file):
-        raise DatasetError(f"subset list file {list_file!r} does not exist")
-    with PathManager.open(list_file) as f:
-        names = [line.strip() for line in f if line.strip()]
-    if not names:
-        raise DatasetError(f"subset list file {list_file!r} is empty")
-    return names
-
-
 def subset_from_list(dataset: Sequence[dict], list_file: str) -> list[dict]:
     """The images named in ``list_file`` (one name per line, see the module docstring), in data set order.
 
@@ -112,7 +101,7 @@ def subset_from_list(dataset: Sequence[dict], list_file: str) -> list[dict]:
     images); a line with ``/`` must also match the end of the path. A name matching no image, or
     several, is a ``DatasetError`` naming the file and the first such names.
     """
-    names = read_list_file(list_file)
+    names = read_list_file(list_file, "subset list file")
     by_name: dict[str, list[int]] = defaultdict(list)
     for i, d in enumerate(dataset):
         by_name[sample_name(d)].append(i)
