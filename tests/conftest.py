@@ -59,4 +59,9 @@ def tiny_config(tmp_path):
 def pytest_configure(config):
     # The tests' models are tiny: a second intra-op thread gains little, and where other processes
     # share the 2 cores (subprocess tests, a busy machine) thread barriers made steps ~3x slower.
-    torch.set_num_threads(int(os.environ.get("D2SSL_TEST_THREADS", "1")))
+    threads = os.environ.get("D2SSL_TEST_THREADS", "1")
+    torch.set_num_threads(int(threads))
+    # The same for the tools the tests run as subprocesses (they inherit the environment): two
+    # threads per process on a shared 2-core machine made a 120-step tiny run take minutes.
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(name, threads)
