@@ -48,7 +48,8 @@ def run(init: str, seed: int, out_dir: str, data_dir: str, overrides: list[str])
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pretrained", required=True, help="pretraining checkpoint (any layout d2ssl reads)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--work-dir", default="output/detection_seed_spread")
@@ -60,7 +61,8 @@ def main() -> None:
     runs: dict[str, list[dict]] = {"pretrained": [], "random": []}
     for seed in args.seeds:  # interleaved, so a change of machine load hits both trunks alike
         for trunk, init in (("pretrained", args.pretrained), ("random", "")):
-            result = run(init, seed, os.path.join(args.work_dir, f"{trunk}_seed{seed}"), data_dir, args.overrides)
+            run_dir = os.path.join(args.work_dir, f"{trunk}_seed{seed}")
+            result = run(init, seed, run_dir, data_dir, args.overrides)
             runs[trunk].append(result)
             print(f"{trunk:10s} seed {seed}: box AP {result['box_AP']:.2f}  AP50 {result['AP50']:.2f}  "
                   f"({result['seconds']} s)", flush=True)
