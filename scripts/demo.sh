@@ -2,88 +2,120 @@
 # README command 1: set up (idempotent), then on the CPU and on real photos (Fashion-MNIST):
 #   1. pretrain tiny Jigsaw, PIRL and RotNet from scratch with tools/train_net.py,
 #   2. evaluate each trunk and a randomly initialised trunk of the same architecture with the same
-#      evaluation: frozen features of 10,000 training / 2,000 test photos at the size the method
+#      evaluation: frozen res4 features of 10,000 training / 2,000 test photos at the size the method
 #      pretrained at, the fast linear path (a grid of linear classifiers) and NPID's weighted kNN,
 #   3. transfer to detection: fine-tune a Faster R-CNN (FPN) from the RotNet trunk and from a random
 #      trunk, same iterations and seed, on a small COCO-format set (Fashion-MNIST objects pasted on real
 #      photographs), then COCO evaluation,
 #   4. print the table (tools/report.py).
-# Outputs go to $D2SSL_DEMO_DIR (default: output/demo). A finished step is not redone.
+# Each phase runs two single-threaded lanes side by side (one per core); a lane's detectron2 output goes
+# to $OUT/logs/. Outputs go to $D2SSL_DEMO_DIR (default: output/demo). A finished step is not redone.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 bash scripts/setup_env.sh
 PY=${D2SSL_VENV:-$ROOT/.venv}/bin/python
 OUT=${D2SSL_DEMO_DIR:-$ROOT/output/demo}
-mkdir -p "$OUT"
+mkdir -p "$OUT/logs" "$OUT/eval"
 export PYTHONWARNINGS=ignore
-# One intra-op thread per process: the same numbers on every machine size, and no oversubscription when
-# the loader's workers or other jobs share the cores (8 threads on 2 busy cores ran 40x slower).
+# One intra-op thread per process: the same numbers on every machine size, and no oversubscription
+# (two lanes on two cores; 8 threads on 2 busy cores ran 40x slower).
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} MKL_NUM_THREADS=${MKL_NUM_THREADS:-1}
-
 TRAIN=("$PY" tools/train_net.py --num-gpus 0)
-logged() {  # logged LOG COMMAND...: COMMAND's output to LOG, shown (its end) only if COMMAND fails
-  local log=$1; shift
-  "$@" >> "$log" 2>&1 || { tail -n 30 "$log" >&2; echo "failed: $* (log: $log)" >&2; return 1; }
-}
+
 step() {  # step NAME DONE_FILE COMMAND...: runs COMMAND unless DONE_FILE exists
   local name=$1 done_file=$2; shift 2
   if [[ -e $done_file ]]; then echo "== $name: done already ($done_file)"; return; fi
   echo "== $name"
   "$@"
 }
+lanes() {  # lanes FUNCTION_A FUNCTION_B: runs both side by side, each logging to $OUT/logs/<function>.log
+  local pids=() f failed=0
+  for f in "$@"; do
+    "$f" > "$OUT/logs/$f.log" 2>&1 &
+    pids+=($!)
+  done
+  for i in "${!pids[@]}"; do
+    if ! wait "${pids[$i]}"; then
+      f=${*:$((i + 1)):1}
+      tail -n 30 "$OUT/logs/$f.log" >&2
+      echo "failed: $f (log: $OUT/logs/$f.log)" >&2
+      failed=1
+    fi
+  done
+  for f in "$@"; do grep -h "^== " "$OUT/logs/$f.log" | sed "s/^== /   $f: /"; done
+  return $failed
+}
 
-step "1/6 pretraining Jigsaw (2x2 tiles, 24 permutations, 64 px)" "$OUT/jigsaw/model_final.pth" \
-  "${TRAIN[@]}" --config-file configs/tiny/jigsaw.py train.output_dir="$OUT/jigsaw" train.max_iter=300
-
-# A subset, so that in 300 steps of 32 images every memory-bank entry is refreshed ~9 times.
-step "2/6 pretraining PIRL (image + 3x3 jigsaw tiles, InfoNCE against a memory bank) on 1,024 photos" \
-  "$OUT/pirl/model_final.pth" \
-  "${TRAIN[@]}" --config-file configs/tiny/pirl.py train.output_dir="$OUT/pirl" train.max_iter=300 \
-    dataloader.train.dataset.limit=1024 model.loss.negative_sampling_params.num_negatives=512
-
-# 32 px crops: the setting in which a 300-step RotNet beats a random trunk beyond the seed-to-seed
-# spread (benchmarks/results/pretraining_vs_random_cpu.json).
-step "3/6 pretraining RotNet (all 4 rotations of 16 photos per step, 32 px)" "$OUT/rotnet/model_final.pth" \
-  "${TRAIN[@]}" --config-file configs/tiny/rotnet.py train.output_dir="$OUT/rotnet" train.max_iter=300 \
-    dataloader.train.mapper.crop_size=32
+pretrain_jigsaw() {
+  step "pretraining Jigsaw (2x2 tiles, 24 permutations, 64 px)" "$OUT/jigsaw/model_final.pth" \
+    "${TRAIN[@]}" --config-file configs/tiny/jigsaw.py train.output_dir="$OUT/jigsaw" train.max_iter=300
+}
+pretrain_pirl_rotnet() {
+  # A subset, so that in 300 steps of 32 images every memory-bank entry is refreshed ~9 times.
+  step "pretraining PIRL (image + 3x3 jigsaw tiles, InfoNCE against a memory bank) on 1,024 photos" \
+    "$OUT/pirl/model_final.pth" \
+    "${TRAIN[@]}" --config-file configs/tiny/pirl.py train.output_dir="$OUT/pirl" train.max_iter=300 \
+      dataloader.train.dataset.limit=1024 model.loss.negative_sampling_params.num_negatives=512
+  # 32 px crops: the setting in which a 300-step RotNet beats a random trunk beyond the seed-to-seed
+  # spread (benchmarks/results/pretraining_vs_random_cpu.json).
+  step "pretraining RotNet (all 4 rotations of 16 photos per step, 32 px)" "$OUT/rotnet/model_final.pth" \
+    "${TRAIN[@]}" --config-file configs/tiny/rotnet.py train.output_dir="$OUT/rotnet" train.max_iter=300 \
+      dataloader.train.mapper.crop_size=32
+}
 
 # The evaluation of benchmarks/pretraining_vs_random.py: the first 10,000 training and 2,000 test photos
 # at the size the method pretrained at, average-pooled res4 (VISSL judges Jigsaw/RotNet trunks layer by
 # layer), the fast linear path's best of 16 cells and NPID's weighted kNN (k 20).
 evaluate() {  # evaluate NAME IMAGE_SIZE CHECKPOINT ("" = random trunk from train.seed=0)
   local name=$1 size=$2 checkpoint=$3 dir="$OUT/eval/$1"
-  if [[ -e $dir/linear_grid.json ]]; then echo "   $name: done already"; return; fi
-  echo "   $name (${size} px)"
-  logged "$dir.log" "$PY" tools/extract_features.py --num-gpus 0 --config-file configs/eval/tiny/extract_features.py \
+  step "evaluating $name (${size} px)" "$dir/linear_grid.json" eval_steps "$dir" "$size" "$checkpoint"
+}
+eval_steps() {
+  local dir=$1 size=$2 checkpoint=$3
+  "$PY" tools/extract_features.py --num-gpus 0 --config-file configs/eval/tiny/extract_features.py \
     train.init_checkpoint="$checkpoint" train.seed=0 train.output_dir="$dir" extraction.output_dir="$dir" \
     'extraction.layers=[res4]' dataloader.train.mapper.resize_size="$size" \
     dataloader.train.mapper.crop_size="$size" dataloader.test.mapper.resize_size="$size" \
     dataloader.test.mapper.crop_size="$size"
-  logged "$dir.log" "$PY" tools/knn_eval.py --features-dir "$dir" --layer res4
-  logged "$dir.log" "$PY" tools/linear_grid.py --features-dir "$dir" --layer res4 --standardize both --epochs 30 \
+  "$PY" tools/knn_eval.py --features-dir "$dir" --layer res4
+  "$PY" tools/linear_grid.py --features-dir "$dir" --layer res4 --standardize both --epochs 30 \
     --batch-size 256 --lr 0.001 0.01 0.1 1.0 --weight-decay 0 1e-4
 }
-echo "== 4/6 evaluation: linear (fast path) and kNN top-1, each pretrained trunk against a random one"
-mkdir -p "$OUT/eval"
-evaluate random_64px 64 ""
-evaluate random_32px 32 ""
-for method_size in jigsaw:64 pirl:32 rotnet:32; do
-  method=${method_size%:*} size=${method_size#*:}
-  evaluate "$method" "$size" "$OUT/$method/model_final.pth"
-  ln -sfn "random_${size}px" "$OUT/eval/${method}_random"
-done
+evaluate_64px() {
+  evaluate random_64px 64 ""
+  evaluate jigsaw 64 "$OUT/jigsaw/model_final.pth"
+}
+evaluate_32px() {
+  evaluate random_32px 32 ""
+  evaluate pirl 32 "$OUT/pirl/model_final.pth"
+  evaluate rotnet 32 "$OUT/rotnet/model_final.pth"
+}
 
-# 128 training and 64 held-out images: the setting of benchmarks/results/detection_seed_spread_*.json,
+# 128 training and 64 held-out images: the setting of benchmarks/results/detection_seed_spread_cpu.json,
 # where the box AP of one trunk moves by 4-8 points from seed to seed.
 DETECTION=("$PY" tools/train_detection.py --num-gpus 0 --config-file configs/detection/tiny/faster_rcnn_FPN_pasted_coco.py
-           dataloader.train.dataset.names.root="$OUT/data/pasted_coco" dataloader.train.dataset.names.num_images=128
-           dataloader.test.dataset.names.root="$OUT/data/pasted_coco" dataloader.test.dataset.names.num_images=64
-           train.seed=0)
-step "5/6 detection transfer: Faster R-CNN (FPN) from the RotNet trunk" "$OUT/detection_rotnet/model_final.pth" \
-  "${DETECTION[@]}" train.init_checkpoint="$OUT/rotnet/model_final.pth" train.output_dir="$OUT/detection_rotnet"
-step "6/6 detection transfer: the same from a random trunk" "$OUT/detection_random/model_final.pth" \
-  "${DETECTION[@]}" train.init_checkpoint="" train.output_dir="$OUT/detection_random"
+           dataloader.train.dataset.names.num_images=128 dataloader.test.dataset.names.num_images=64 train.seed=0)
+detect_rotnet() {
+  step "detection transfer: Faster R-CNN (FPN) from the RotNet trunk" "$OUT/detection_rotnet/model_final.pth" \
+    "${DETECTION[@]}" train.init_checkpoint="$OUT/rotnet/model_final.pth" train.output_dir="$OUT/detection_rotnet" \
+      dataloader.train.dataset.names.root="$OUT/data/pasted_coco_a" dataloader.test.dataset.names.root="$OUT/data/pasted_coco_a"
+}
+detect_random() {
+  step "detection transfer: the same from a random trunk" "$OUT/detection_random/model_final.pth" \
+    "${DETECTION[@]}" train.init_checkpoint="" train.output_dir="$OUT/detection_random" \
+      dataloader.train.dataset.names.root="$OUT/data/pasted_coco_b" dataloader.test.dataset.names.root="$OUT/data/pasted_coco_b"
+}
+
+echo "== 1/3 pretraining Jigsaw | PIRL, then RotNet"
+lanes pretrain_jigsaw pretrain_pirl_rotnet
+echo "== 2/3 evaluation, each pretrained trunk against a random one: 64 px | 32 px"
+lanes evaluate_64px evaluate_32px
+for method_size in jigsaw:64 pirl:32 rotnet:32; do
+  ln -sfn "random_${method_size#*:}px" "$OUT/eval/${method_size%:*}_random"
+done
+echo "== 3/3 detection transfer: RotNet trunk | random trunk"
+lanes detect_rotnet detect_random
 
 echo "== report"
 "$PY" tools/report.py "$OUT"
