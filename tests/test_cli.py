@@ -135,3 +135,16 @@ def test_a_spawned_process_traceback_quoted_in_a_message_is_reduced_to_its_error
     message = describe_error(RuntimeError(quoted))
     assert message.startswith("RuntimeError: rank 1 (pid 12) exited with code 1")
     assert "Traceback" not in message and "File " not in message and message.endswith("ValueError: boom")
+
+
+@pytest.mark.parametrize("tool", ["knn_eval.py", "linear_grid.py", "sweep.py"])
+def test_feature_tools_report_a_missing_features_folder_in_one_line(tool, tmp_path):
+    missing = tmp_path / "no_features"
+    argv = [sys.executable, str(REPO / "tools" / tool), "--features-dir", str(missing)]
+    if tool == "sweep.py":
+        argv += ["--output-dir", str(tmp_path / "sweep"), "--param", "lr=0.01,0.1", "--n-trials", "1"]
+    result = subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert result.returncode == 1, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and str(missing) in errors[0], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr

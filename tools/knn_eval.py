@@ -13,6 +13,7 @@ import json
 
 from d2ssl.evaluation.knn import NPID_KS, NPID_TEMPERATURE, knn_on_cached_features
 from d2ssl.evaluation.plots import embedding_map_of_cached_features
+from d2ssl.utils.errors import reporting_errors
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__,
@@ -25,10 +26,12 @@ if __name__ == "__main__":
     parser.add_argument("--temperature", type=float, default=NPID_TEMPERATURE)
     parser.add_argument("--embedding-map", default="", help="PNG path for a t-SNE map of the test split")
     parser.add_argument("--max-points", type=int, default=3000, help="points in the embedding map")
+    parser.add_argument("--debug", action="store_true", help="print the traceback of an error")
     args = parser.parse_args()
-    results = knn_on_cached_features(args.features_dir, args.train_split, args.test_split, args.layer, args.k,
-                                     args.temperature)
-    print(json.dumps(results, indent=2))
-    if args.embedding_map:
-        embedding_map_of_cached_features(args.features_dir, args.test_split, args.embedding_map, args.layer,
-                                         args.max_points)
+    with reporting_errors(debug=args.debug):
+        results = knn_on_cached_features(args.features_dir, args.train_split, args.test_split, args.layer,
+                                         args.k, args.temperature)
+        print(json.dumps(results, indent=2))
+        if args.embedding_map:
+            embedding_map_of_cached_features(args.features_dir, args.test_split, args.embedding_map,
+                                             args.layer, args.max_points)

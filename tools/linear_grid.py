@@ -19,6 +19,7 @@ from d2ssl.evaluation.linear_grid import (
     linear_grid_on_cached_features,
 )
 from d2ssl.evaluation.plots import embedding_map_of_cached_features
+from d2ssl.utils.errors import reporting_errors
 
 STANDARDIZE = {"no": (False,), "yes": (True,), "both": (False, True)}
 
@@ -42,14 +43,17 @@ if __name__ == "__main__":
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--embedding-map", default="", help="PNG path for a t-SNE map of the val split")
+    parser.add_argument("--debug", action="store_true", help="print the traceback of an error")
     args = parser.parse_args()
-    result = linear_grid_on_cached_features(
-        args.features_dir, args.train_split, args.val_split, args.layer, args.output_dir, lrs=args.lr,
-        weight_decays=args.weight_decay, standardize=STANDARDIZE[args.standardize], epochs=args.epochs,
-        batch_size=args.batch_size, momentum=args.momentum, schedule=args.schedule,
-        milestones=args.milestones, seed=args.seed, device=args.device,
-    )
-    print(format_grid_table(result))
-    print(f"best: {result.best}")
-    if args.embedding_map:
-        embedding_map_of_cached_features(args.features_dir, args.val_split, args.embedding_map, args.layer)
+    with reporting_errors(debug=args.debug):
+        result = linear_grid_on_cached_features(
+            args.features_dir, args.train_split, args.val_split, args.layer, args.output_dir, lrs=args.lr,
+            weight_decays=args.weight_decay, standardize=STANDARDIZE[args.standardize], epochs=args.epochs,
+            batch_size=args.batch_size, momentum=args.momentum, schedule=args.schedule,
+            milestones=args.milestones, seed=args.seed, device=args.device,
+        )
+        print(format_grid_table(result))
+        print(f"best: {result.best}")
+        if args.embedding_map:
+            embedding_map_of_cached_features(args.features_dir, args.val_split, args.embedding_map,
+                                             args.layer)

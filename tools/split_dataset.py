@@ -12,6 +12,7 @@ Writes {output-dir}/train.txt, val.txt, test.txt (or --names) and prints their p
 import argparse
 
 from d2ssl.data.splits import write_dataset_split
+from d2ssl.utils.errors import reporting_errors
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__,
@@ -24,6 +25,8 @@ if __name__ == "__main__":
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--names", nargs="+", default=None,
                         help="one list file name per ratio (default train val test)")
+    parser.add_argument("--debug", action="store_true", help="print the traceback of an error")
     args = parser.parse_args()
-    for path in write_dataset_split(args.dataset, args.output_dir, args.ratios, args.seed, args.names):
-        print(path)
+    with reporting_errors(debug=args.debug):
+        for path in write_dataset_split(args.dataset, args.output_dir, args.ratios, args.seed, args.names):
+            print(path)

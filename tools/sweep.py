@@ -27,6 +27,7 @@ from d2ssl.evaluation.sweep import (
     parse_param,
     run_sweep,
 )
+from d2ssl.utils.errors import reporting_errors
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__,
@@ -48,11 +49,16 @@ if __name__ == "__main__":
     parser.add_argument("--epochs", type=int, default=100, help="fast path, unless swept")
     parser.add_argument("--batch-size", type=int, default=256, help="fast path, unless swept")
     parser.add_argument("overrides", nargs="*", help="key=value for every trial's config (full benchmark)")
+    parser.add_argument("--debug", action="store_true", help="print the traceback of an error")
     args = parser.parse_args()
-    if args.features_dir:
-        objective = cached_features_objective(args.features_dir, val_split=args.val_split, layer=args.layer,
-                                              epochs=args.epochs, batch_size=args.batch_size, seed=args.seed)
-    else:
-        objective = linear_benchmark_objective(args.config_file, args.overrides, args.output_dir)
-    run_sweep(objective, args.param, args.output_dir, n_trials=args.n_trials, sampler=args.sampler,
-              study_name=args.study_name, seed=args.seed, grid_points=args.grid_points, tracker=args.tracker)
+    with reporting_errors(debug=args.debug):
+        if args.features_dir:
+            objective = cached_features_objective(
+                args.features_dir, val_split=args.val_split, layer=args.layer, epochs=args.epochs,
+                batch_size=args.batch_size, seed=args.seed,
+            )
+        else:
+            objective = linear_benchmark_objective(args.config_file, args.overrides, args.output_dir)
+        run_sweep(objective, args.param, args.output_dir, n_trials=args.n_trials, sampler=args.sampler,
+                  study_name=args.study_name, seed=args.seed, grid_points=args.grid_points,
+                  tracker=args.tracker)
