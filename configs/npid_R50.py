@@ -67,6 +67,8 @@ model = L(NPID)(
             norm_init=True,
             update_mem_on_forward=True,
             init_seed=0,
+            # "bfloat16"/"float16": a half-precision bank (half the memory) scored in float32.
+            dtype="float32",
         ),
     ),
 )

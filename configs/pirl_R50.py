@@ -76,6 +76,8 @@ model = L(PIRL)(
             norm_init=True,
             update_mem_on_forward=False,
             init_seed=0,
+            # "bfloat16"/"float16": a half-precision bank (half the memory) scored in float32.
+            dtype="float32",
         ),
     ),
 )
