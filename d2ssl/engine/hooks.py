@@ -14,8 +14,9 @@ from detectron2.config import instantiate
 from detectron2.engine import HookBase, hooks
 from detectron2.utils import comm
 
+from d2ssl.evaluation.evaluator import topk_accuracy
 from d2ssl.evaluation.features import build_feature_loader, compute_features
-from d2ssl.evaluation.knn import NPID_TEMPERATURE, knn_scores, topk_accuracy
+from d2ssl.evaluation.knn import NPID_TEMPERATURE, knn_scores
 
 logger = logging.getLogger(__name__)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 import torch
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
@@ -23,6 +24,15 @@ def topk_correct(logits: torch.Tensor, targets: torch.Tensor, ks: Sequence[int])
     top = logits.topk(largest, dim=1).indices  # (N, largest)
     hits = top == targets.view(-1, 1)
     return {k: int(hits[:, : min(k, largest)].any(dim=1).sum()) for k in ks}
+
+
+def topk_accuracy(scores: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor,
+                  topk: Sequence[int] = (1, 5)) -> dict[str, float]:
+    """``{"top1": %, "top5": %}`` of ``(N, C)`` scores against ``(N,)`` labels (``topk_correct`` in
+    percent): kNN votes, the linear grid's cells, the kNN monitor."""
+    labels = torch.as_tensor(labels, dtype=torch.int64)
+    correct = topk_correct(torch.as_tensor(scores), labels, topk)
+    return {f"top{k}": 100.0 * correct[k] / len(labels) for k in topk}
 
 
 class ClassificationEvaluator(DatasetEvaluator):

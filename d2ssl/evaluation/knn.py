@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from detectron2.utils.file_io import PathManager
 
+from d2ssl.evaluation.evaluator import topk_accuracy
 from d2ssl.evaluation.features import FeatureSet, load_features
 
 logger = logging.getLogger(__name__)
@@ -78,14 +79,6 @@ def knn_scores(
     votes = torch.zeros(len(query_features), num_classes, dtype=weights.dtype)
     votes.scatter_add_(1, torch.from_numpy(memory_labels[neighbors]), weights)
     return votes.numpy()
-
-
-def topk_accuracy(scores: np.ndarray, labels: np.ndarray, topk: Sequence[int] = (1, 5)) -> dict[str, float]:
-    """``{"top1": %, "top5": %}`` of ``(N, C)`` scores against ``(N,)`` labels (k capped at C)."""
-    scores_t, labels_t = torch.as_tensor(scores), torch.as_tensor(labels, dtype=torch.int64)
-    ranked = scores_t.topk(min(max(topk), scores_t.shape[1]), dim=1).indices
-    hits = ranked == labels_t[:, None]
-    return {f"top{k}": 100.0 * hits[:, :k].any(dim=1).double().mean().item() for k in topk}
 
 
 def knn_evaluate(

@@ -34,8 +34,8 @@ from detectron2.utils.file_io import PathManager
 from tabulate import tabulate
 from torch.nn import functional as F
 
+from d2ssl.evaluation.evaluator import topk_accuracy
 from d2ssl.evaluation.features import FeatureSet, load_features
-from d2ssl.evaluation.knn import topk_accuracy
 
 logger = logging.getLogger(__name__)
 

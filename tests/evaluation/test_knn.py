@@ -13,8 +13,9 @@ from detectron2.utils.events import EventStorage
 from d2ssl.data.mappers.classification import ClassificationMapper
 from d2ssl.engine.hooks import KNNMonitor
 from d2ssl.engine.train_loop import do_train
+from d2ssl.evaluation.evaluator import topk_accuracy
 from d2ssl.evaluation.features import FeatureSet
-from d2ssl.evaluation.knn import knn_evaluate, knn_scores, topk_accuracy
+from d2ssl.evaluation.knn import knn_evaluate, knn_scores
 from d2ssl.evaluation.plots import plot_embedding_map, subsample_per_class
 from d2ssl.modeling.backbone import build_resnet_trunk
 from d2ssl.modeling.meta_arch.base import SSLMetaArch

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from d2ssl.evaluation.evaluator import topk_accuracy
 from d2ssl.evaluation.features import FeatureSet
-from d2ssl.evaluation.knn import topk_accuracy
 from d2ssl.evaluation.linear_grid import initial_classifier, lr_factor, train_linear_grid, write_grid_report
 
 SETTINGS = dict(epochs=4, batch_size=64, momentum=0.9, seed=3)
