@@ -35,6 +35,10 @@ dataloader = dict(
                 gaussian_blur_prob=0.5, blur_sigma=(0.1, 2.0), horizontal_flip=True,
                 blur_impl="pil",  # JigClu/loader.py GaussianBlur: PIL's GaussianBlur(radius=sigma)
             ),
+            # True: the loader only decodes and crops (same draws); the colour augmentation and the
+            # normalisation run on the model's device, batched (d2ssl/data/device_augmentation.py).
+            # Pays off when that device is a GPU and the loader's CPUs are the bottleneck.
+            augment_on_device=False,
         ),
         total_batch_size=256,
         num_workers=8,

@@ -38,7 +38,11 @@ dataloader = dict(
                 L(T.ColorJitter)(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.4),
                 L(T.RandomResizedCrop)(size=224, scale=(0.08, 1.0)),
                 L(T.RandomHorizontalFlip)(),
-            ]
+            ],
+            # True: the loader only decodes and crops (same draws); the colour jitter, flip and
+            # normalisation run on the model's device, batched (d2ssl/data/device_augmentation.py).
+            # Pays off when that device is a GPU and the loader's CPUs are the bottleneck.
+            augment_on_device=False,
         ),
         total_batch_size=256,  # 8 GPUs x 32
         num_workers=8,

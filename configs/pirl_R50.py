@@ -44,6 +44,10 @@ dataloader = dict(
             ),
             image_size=224, image_scale=(0.08, 1.0),
             patch_crop_size=255, patch_crop_scale=(0.6, 1.0), grid=GRID, tile_size=64,
+            # True: the loader only decodes and crops (same draws); the colour augmentation and the
+            # normalisation run on the model's device, batched (d2ssl/data/device_augmentation.py).
+            # Pays off when that device is a GPU and the loader's CPUs are the bottleneck.
+            augment_on_device=False,
         ),
         total_batch_size=1024,  # 4 nodes x 8 GPUs x 32
         num_workers=8,

@@ -168,8 +168,8 @@ def uint8_to_pil(image: torch.Tensor) -> Image.Image:
 def normalize_uint8(images: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
     """uint8 ``(..., 3, H, W)`` -> float ``(x / 255 - mean) / std`` in one multiply-add per pixel
     (equal to :func:`to_normalized_tensor` to float32 rounding)."""
-    scale = torch.tensor([1.0 / (255.0 * s) for s in std]).view(3, 1, 1)
-    shift = torch.tensor([-m / s for m, s in zip(mean, std)]).view(3, 1, 1)
+    scale = torch.tensor([1.0 / (255.0 * s) for s in std], device=images.device).view(3, 1, 1)
+    shift = torch.tensor([-m / s for m, s in zip(mean, std)], device=images.device).view(3, 1, 1)
     return torch.addcmul(shift, images.to(torch.float32), scale)
 
 
@@ -285,7 +285,10 @@ def adjust_saturation(images: torch.Tensor, factor: torch.Tensor) -> torch.Tenso
 def adjust_hue(images: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     """Rotates hue by ``shift`` turns (in [-0.5, 0.5]) exactly as torchvision does on PIL images (PIL's
     8-bit HSV, hue moved by ``int(shift * 255)`` levels modulo 256), for all views in one PIL
-    conversion each way: the views are stacked into one tall image (HSV conversion is per pixel)."""
+    conversion each way: the views are stacked into one tall image (HSV conversion is per pixel).
+    Views on another device than the CPU stay there: :func:`adjust_hue_tensor` (the same pixels)."""
+    if images.device.type != "cpu":
+        return adjust_hue_tensor(images, shift)
     n, _, h, w = images.shape
     stacked = images.to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
     hsv = Image.frombuffer("RGB", (w, n * h), stacked.tobytes(), "raw", "RGB", 0, 1).convert("HSV")
@@ -295,6 +298,63 @@ def adjust_hue(images: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     rgb = Image.frombuffer("HSV", (w, n * h), hsv.tobytes(), "raw", "HSV", 0, 1).convert("RGB")
     rgb = np.frombuffer(rgb.tobytes(), dtype=np.uint8).reshape(n, h, w, 3)
     return torch.from_numpy(rgb.transpose(0, 3, 1, 2).astype(np.float32))
+
+
+# PIL's 8-bit HSV conversions (libImaging/Convert.c, "following colorsys.py") as tensor operations, so
+# that hue runs on the views' device. Each step keeps the C code's precision (float32 variables,
+# double literals): equal to PIL on all 2^24 colours both ways; on the CPU, PIL's own conversion
+# is several times faster, so adjust_hue uses these only on other devices.
+
+
+def _round_half_away(x: torch.Tensor) -> torch.Tensor:
+    # C's round() of a non-negative value (torch.round rounds half to even).
+    down = torch.floor(x)
+    return down + (x - down >= 0.5).to(x.dtype)
+
+
+def rgb_to_pil_hsv(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(n, 3, H, W)`` RGB levels -> PIL's ``convert("HSV")`` levels, three float64 ``(n, H, W)``."""
+    r, g, b = images.to(torch.float32).unbind(dim=1)
+    maxc = torch.maximum(torch.maximum(r, g), b)
+    span = maxc - torch.minimum(torch.minimum(r, g), b)
+    grey = span == 0
+    span = torch.where(grey, torch.ones_like(span), span)
+    saturation = span / torch.where(grey, torch.ones_like(maxc), maxc)
+    rc, gc, bc = ((maxc - c) / span for c in (r, g, b))
+    hue = torch.where(
+        r == maxc,
+        bc - gc,
+        torch.where(
+            g == maxc, (2.0 + rc.double() - bc.double()).float(), (4.0 + gc.double() - rc.double()).float()
+        ),
+    )
+    hue = torch.fmod(hue.double() / 6.0 + 1.0, 1.0).float()
+    hue = torch.where(grey, 0.0, torch.trunc(hue.double() * 255.0).clamp_(0, 255))
+    saturation = torch.where(grey, 0.0, torch.trunc(saturation.double() * 255.0).clamp_(0, 255))
+    return hue, saturation, maxc.double()
+
+
+def pil_hsv_to_rgb(hue: torch.Tensor, saturation: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """PIL's ``convert("RGB")`` of HSV levels (three float64 ``(n, H, W)``) -> float32 ``(n, 3, H, W)``."""
+    sector = torch.floor(hue * 6.0 / 255.0)
+    f = (hue * 6.0 / 255.0 - sector).float()
+    fs = (saturation / 255.0).float()
+    p = _round_half_away(value * (1.0 - fs.double())).clamp_(0, 255)
+    q = _round_half_away(value * (1.0 - (fs * f).double())).clamp_(0, 255)
+    t = _round_half_away(value * (1.0 - fs.double() * (1.0 - f.double()))).clamp_(0, 255)
+    # colorsys' six sectors: which of (v, p, q, t) each of R, G, B takes.
+    table = torch.tensor([[0, 2, 1, 1, 3, 0], [3, 0, 0, 2, 1, 1], [1, 1, 3, 0, 0, 2]], device=hue.device)
+    rgb = torch.gather(torch.stack([value, p, q, t]), 0, table[:, sector.long() % 6])
+    rgb = torch.where(saturation == 0, value.expand_as(rgb), rgb)
+    return rgb.movedim(0, 1).to(torch.float32)
+
+
+def adjust_hue_tensor(images: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """:func:`adjust_hue` as tensor operations on the views' device (the same pixels)."""
+    hue, saturation, value = rgb_to_pil_hsv(images)
+    # torchvision: int(shift * 255) levels (truncated toward zero) modulo 256, on the hue band.
+    levels = torch.remainder(torch.trunc(shift.to(images.device, torch.float64) * 255), 256)
+    return pil_hsv_to_rgb(torch.remainder(hue + levels.view(-1, 1, 1), 256), saturation, value)
 
 
 def grayscale(images: torch.Tensor) -> torch.Tensor:
@@ -336,15 +396,17 @@ def autocontrast(images: torch.Tensor) -> torch.Tensor:
 
 def _reflect_blur_matrices(size: int, sigma: torch.Tensor, kernel_size: int) -> torch.Tensor:
     """``(n, size, size)`` matrices ``M`` with ``M @ row`` = the 1-D Gaussian blur of ``row`` with
-    reflect padding (torchvision's ``gaussian_blur``), one per sigma."""
+    reflect padding (torchvision's ``gaussian_blur``), one per sigma, on ``sigma``'s device."""
+    device = sigma.device
     half = (kernel_size - 1) * 0.5
-    x = torch.linspace(-half, half, kernel_size)
+    x = torch.linspace(-half, half, kernel_size, device=device)
     kernel = torch.exp(-0.5 * (x.view(1, -1) / sigma.view(-1, 1).to(torch.float32)) ** 2)
     kernel = kernel / kernel.sum(dim=1, keepdim=True)  # (n, k)
-    source = torch.arange(size).view(-1, 1) + torch.arange(kernel_size).view(1, -1) - kernel_size // 2
+    offsets = torch.arange(kernel_size, device=device).view(1, -1) - kernel_size // 2
+    source = torch.arange(size, device=device).view(-1, 1) + offsets
     source = source.abs()
     source = torch.where(source > size - 1, 2 * (size - 1) - source, source)  # reflect at both ends
-    matrices = torch.zeros(sigma.numel(), size, size)
+    matrices = torch.zeros(sigma.numel(), size, size, device=device)
     n = sigma.numel()
     return matrices.scatter_add_(2, source.expand(n, -1, -1), kernel.view(n, 1, -1).expand(-1, size, -1))
 
@@ -356,6 +418,7 @@ def gaussian_blur(images: torch.Tensor, sigma: torch.Tensor, kernel_size: int = 
     n, c, h, w = images.shape
     if min(h, w) <= kernel_size // 2:
         raise ValueError(f"gaussian_blur: views of {h}x{w} px are too small for a {kernel_size}-tap kernel")
+    sigma = sigma.to(images.device)
     rows = _reflect_blur_matrices(w, sigma, kernel_size)
     cols = rows if h == w else _reflect_blur_matrices(h, sigma, kernel_size)
     out = torch.matmul(images.to(torch.float32), rows.transpose(1, 2).unsqueeze(1))
@@ -365,12 +428,63 @@ def gaussian_blur(images: torch.Tensor, sigma: torch.Tensor, kernel_size: int = 
 
 def pil_gaussian_blur(images: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     """PIL's ``ImageFilter.GaussianBlur(radius=sigma)`` of each view (Jigsaw Clustering's and MoCo v2's
-    blur: extended box blurs, not a truncated Gaussian kernel)."""
+    blur: extended box blurs, not a truncated Gaussian kernel). Views on another device than the CPU
+    stay there: :func:`pil_gaussian_blur_tensor` (the same pixels)."""
+    if images.device.type != "cpu":
+        return pil_gaussian_blur_tensor(images, sigma)
     out = [
         pil_to_uint8(uint8_to_pil(v.to(torch.uint8)).filter(ImageFilter.GaussianBlur(radius=float(r))))
         for v, r in zip(images, sigma.tolist())
     ]
     return torch.stack(out).to(torch.float32)
+
+
+# PIL's GaussianBlur (libImaging/BoxBlur.c) as tensor operations: 3 passes of an "extended" box blur
+# (Gwosdek et al. 2011) along rows, then 3 along columns, each rounded back to 8 bits; the box radius
+# and its 24-bit fixed-point weights computed with the C code's float32 arithmetic. Equal to PIL (tests);
+# several times slower than PIL on the CPU, so pil_gaussian_blur uses it only on other devices.
+
+
+def _pil_box_blur_weights(sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-view integer box radius, weight of the inner pixels and of the two fractional ends (of 2^24)."""
+    passes = 3
+    sigma2 = sigma.to(torch.float32) ** 2 / passes
+    length = torch.sqrt(12.0 * sigma2.double() + 1.0).float()
+    whole = torch.floor((length.double() - 1.0) / 2.0).float()
+    fraction = (2 * whole + 1) * (whole * (whole + 1) - 3 * sigma2) / (6 * (sigma2 - (whole + 1) ** 2))
+    box_radius = whole + fraction
+    radius = box_radius.to(torch.int64)
+    inner = ((1 << 24) / (box_radius * 2 + 1)).to(torch.int64)
+    ends = torch.div((1 << 24) - (radius * 2 + 1) * inner, 2, rounding_mode="floor")
+    return radius, inner, ends
+
+
+def _box_blur_rows(x: torch.Tensor, radius: torch.Tensor, inner: torch.Tensor, ends: torch.Tensor):
+    """One pass along the last axis of int64 ``(n, C, H, W)``, edge pixels repeated beyond the border."""
+    n, c, h, w = x.shape
+    radius, inner, ends = (v.view(-1, 1, 1, 1) for v in (radius, inner, ends))
+    pos = torch.arange(w, device=x.device).view(1, 1, 1, -1)
+
+    def take(values, index):
+        return torch.gather(values, 3, index.expand(n, c, h, w))
+
+    prefix = torch.nn.functional.pad(x.cumsum(3), (1, 0))  # prefix[..., j] = x[..., :j].sum()
+    window = take(prefix, (pos + radius).clamp(max=w - 1) + 1) - take(prefix, (pos - radius).clamp(min=0))
+    window += x[..., :1] * (radius - pos).clamp(min=0) + x[..., -1:] * (pos + radius - (w - 1)).clamp(min=0)
+    far = take(x, (pos - radius - 1).clamp(0, w - 1)) + take(x, (pos + radius + 1).clamp(0, w - 1))
+    return (window * inner + far * ends + (1 << 23)) >> 24
+
+
+def pil_gaussian_blur_tensor(images: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """:func:`pil_gaussian_blur` as tensor operations on the views' device (the same pixels)."""
+    weights = _pil_box_blur_weights(sigma.to(images.device))
+    x = images.to(torch.int64)
+    for _ in range(3):
+        x = _box_blur_rows(x, *weights)
+    x = x.transpose(2, 3)
+    for _ in range(3):
+        x = _box_blur_rows(x, *weights)
+    return x.transpose(2, 3).to(torch.float32)
 
 
 # --- the same operations per view on PIL images, with lookup tables ----------------------------
@@ -600,8 +714,16 @@ class ColorAugmentation:
         self, views: torch.Tensor, params: dict, contrast_means: torch.Tensor | None = None
     ) -> torch.Tensor:
         """The recipe as float32 batch kernels, one per operation for all views: uint8 ``(n, 3, H, W)``
-        views and the parameters :meth:`draw` returned -> uint8 views."""
+        views and the parameters :meth:`draw` returned -> uint8 views, on the views' device (CUDA
+        included: :func:`d2ssl.data.device_augmentation.augment_on_device`). Which views an op touches
+        is read from the parameters on the CPU, where :meth:`draw` makes them, so the device is not
+        waited on; their values are copied to the device once."""
         x = views
+        device = views.device
+        masks = {k: v.cpu() for k, v in params.items()}
+        values = {k: v.to(device, non_blocking=True) for k, v in params.items()}
+        if contrast_means is not None:
+            contrast_means = contrast_means.to(device, torch.float32)
 
         def on(mask: torch.Tensor, fn) -> None:
             # fn(selected views, their indices); a view stays uint8 until an op needs arithmetic.
@@ -609,7 +731,7 @@ class ColorAugmentation:
             if bool(mask.all()):
                 x = fn(x, slice(None))
             elif bool(mask.any()):
-                selected = mask.nonzero()[:, 0]
+                selected = mask.nonzero()[:, 0].to(device)
                 if not x.is_floating_point():
                     x = x.to(torch.float32)
                 x[selected] = fn(x[selected], selected)
@@ -618,44 +740,48 @@ class ColorAugmentation:
             # Brightness, contrast and saturation are all blends with a per-view grey image (black,
             # the view's mean grey, its luma): at each of the 4 steps, one blend serves every view
             # whose op at that step is one of them (factor 1 is an exact identity); hue runs on its own.
-            factor_of = (params["brightness"], params["contrast"], params["saturation"])
-            active = [not bool((f == 1).all()) for f in factor_of] + [not bool((params["hue"] == 0).all())]
+            names = ("brightness", "contrast", "saturation")
+            factor_of = [values[name] for name in names]
+            active = [not bool((masks[name] == 1).all()) for name in names] + [
+                not bool((masks["hue"] == 0).all())
+            ]
             for step in range(4):
-                op = torch.where(params["jitter"], params["jitter_order"][:, step], -1)
+                op = torch.where(masks["jitter"], masks["jitter_order"][:, step], -1)
                 chosen = [(op == k) & active[k] for k in range(4)]
                 if bool((chosen[0] | chosen[1] | chosen[2]).any()):
                     x = x.to(torch.float32)
-                    factor = torch.ones(x.shape[0])
-                    degenerate = torch.zeros(x.shape[0], 1, x.shape[2], x.shape[3])
+                    on_device = [c.to(device, non_blocking=True) for c in chosen[:3]]
+                    factor = torch.ones(x.shape[0], device=device)
+                    degenerate = torch.zeros(x.shape[0], 1, x.shape[2], x.shape[3], device=device)
                     for k in range(3):
-                        factor = torch.where(chosen[k], factor_of[k], factor)
+                        factor = torch.where(on_device[k], factor_of[k], factor)
                     if bool((chosen[1] | chosen[2]).any()):
                         grey = luma(x)
                         means = torch.floor(grey.mean(dim=(1, 2, 3)) + 0.5)
                         if contrast_means is not None:
-                            means = contrast_means.to(torch.float32).expand(x.shape[0])
-                        degenerate = torch.where(_per_view(chosen[1]), _per_view(means), degenerate)
-                        degenerate = torch.where(_per_view(chosen[2]), grey, degenerate)
+                            means = contrast_means.expand(x.shape[0])
+                        degenerate = torch.where(_per_view(on_device[1]), _per_view(means), degenerate)
+                        degenerate = torch.where(_per_view(on_device[2]), grey, degenerate)
                     x = _blend(degenerate, x, factor)
-                on(chosen[3], lambda v, i: adjust_hue(v, params["hue"][i]))
+                on(chosen[3], lambda v, i: adjust_hue(v, values["hue"][i]))
         if "photometric" in params:
 
             def photometric(v, i):
-                v = posterize(v.to(torch.float32), params["bits"][i])
-                v = adjust_sharpness(v, params["sharpness"][i])
-                return autocontrast(solarize(v, params["threshold"][i]))
+                v = posterize(v.to(torch.float32), values["bits"][i])
+                v = adjust_sharpness(v, values["sharpness"][i])
+                return autocontrast(solarize(v, values["threshold"][i]))
 
-            on(params["photometric"], photometric)
+            on(masks["photometric"], photometric)
         if "grayscale" in params:
-            on(params["grayscale"], lambda v, i: grayscale(v))
+            on(masks["grayscale"], lambda v, i: grayscale(v))
         if "blur" in params:
             if self.blur_impl == "pil":
-                on(params["blur"], lambda v, i: pil_gaussian_blur(v, params["sigma"][i]))
+                on(masks["blur"], lambda v, i: pil_gaussian_blur(v, values["sigma"][i]))
             else:
                 kernel_size = self.blur_kernel_size
-                on(params["blur"], lambda v, i: gaussian_blur(v.float(), params["sigma"][i], kernel_size))
+                on(masks["blur"], lambda v, i: gaussian_blur(v.float(), values["sigma"][i], kernel_size))
         if "flip" in params:
-            on(params["flip"], lambda v, i: v.flip(-1))
+            on(masks["flip"], lambda v, i: v.flip(-1))
         return x.to(torch.uint8)
 
     def __call__(self, image: Image.Image) -> Image.Image:

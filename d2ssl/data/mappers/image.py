@@ -8,6 +8,7 @@ import torch
 from PIL import Image, ImageStat
 from torchvision import transforms as T
 
+from d2ssl.data.device_augmentation import DEFERRED_AUGMENTATION, defer_augmentation
 from d2ssl.data.image_io import read_rgb_image
 from d2ssl.data.transforms import (
     IMAGENET_MEAN,
@@ -80,6 +81,10 @@ class ImageMapper:
     after it with the contrast grey level of the whole photo, as the reference computes it; the
     pointwise ops commute with the resize up to rounding and clipping (and hue, a pointwise but
     nonlinear map, at edges). Any other list runs as given on PIL images.
+
+    ``augment_on_device=True`` (needs the fast path): the same crop and draws, but ``image`` stays
+    uint8 and the colour ops and normalisation run on the model's device
+    (``d2ssl.data.device_augmentation``); it pays off when that device is a GPU.
     """
 
     def __init__(
@@ -87,14 +92,24 @@ class ImageMapper:
         transforms: Sequence[Callable],
         pixel_mean: tuple[float, float, float] = IMAGENET_MEAN,
         pixel_std: tuple[float, float, float] = IMAGENET_STD,
+        augment_on_device: bool = False,
     ):
         self.augment = T.Compose(list(transforms))
         self.plan = fast_plan(list(transforms))
         self.pixel_mean, self.pixel_std = pixel_mean, pixel_std
+        if augment_on_device and self.plan is None:
+            raise ValueError(
+                "ImageMapper: augment_on_device=True needs transforms of the fast path (colour jitter / "
+                f"ColorAugmentation around one square bilinear RandomResizedCrop), got {list(transforms)}"
+            )
+        self.augment_on_device = augment_on_device
 
     def __call__(self, dataset_dict: dict, generator: torch.Generator) -> dict:
         image = read_rgb_image(dataset_dict)
-        if self.plan is not None:
+        deferred = None
+        if self.augment_on_device:
+            tensor, deferred = self._deferred_view(image, generator)
+        elif self.plan is not None:
             tensor = self._fast_view(image, generator)
         else:
             with torch_rng_from(generator):
@@ -105,13 +120,30 @@ class ImageMapper:
         }
         if "label" in dataset_dict:
             out["label"] = dataset_dict["label"]
+        if deferred is not None:
+            out[DEFERRED_AUGMENTATION] = {"image": deferred}
         return out
+
+    def _whole_photo_grey(self, image: Image.Image) -> torch.Tensor | None:
+        # Jitter before the crop: contrast blends with the whole photo's grey level (PIL: rounded mean of L).
+        if not self.plan[0]:
+            return None
+        return torch.tensor([float(int(ImageStat.Stat(image.convert("L")).mean[0] + 0.5))])
+
+    def _deferred_view(self, image, generator: torch.Generator):
+        # _fast_view's crop and draws (one per colour op, in order); the ops left for the model's device.
+        before, crop, after = self.plan
+        means = self._whole_photo_grey(image)
+        box = random_resized_crop_box(
+            image.width, image.height, tuple(crop.scale), generator, tuple(crop.ratio)
+        )
+        view = pil_to_uint8(resized_crop(image, box, crop.size[0]))
+        recipes = [(op, means) for op in before] + [(op, None) for op in after]
+        return view, defer_augmentation(1, recipes, generator, self.pixel_mean, self.pixel_std)
 
     def _fast_view(self, image, generator: torch.Generator) -> torch.Tensor:
         before, crop, after = self.plan
-        means = None
-        if before:  # contrast blends with the whole photo's grey level (PIL: rounded mean of L)
-            means = torch.tensor([float(int(ImageStat.Stat(image.convert("L")).mean[0] + 0.5))])
+        means = self._whole_photo_grey(image)
         box = random_resized_crop_box(
             image.width, image.height, tuple(crop.scale), generator, tuple(crop.ratio)
         )

@@ -19,6 +19,7 @@ from collections.abc import Callable
 import torch
 from torchvision import transforms as T
 
+from d2ssl.data.device_augmentation import DEFERRED_AUGMENTATION, defer_augmentation
 from d2ssl.data.image_io import read_rgb_image
 from d2ssl.data.transforms import (
     IMAGENET_MEAN,
@@ -26,6 +27,7 @@ from d2ssl.data.transforms import (
     ColorAugmentation,
     color_augmentation,
     normalize_uint8,
+    pil_to_uint8,
     random_resized_crop_box,
     resized_crop,
     to_normalized_tensor,
@@ -82,6 +84,10 @@ class JigsawClusteringMapper:
     as one uint8 batch with ``backend="torch"``). ``decode_min_side``: see
     ``read_rgb_image`` (off by default; a patch is at most 0.8 of the photo's side, so
     ``patch_size / 0.8`` keeps the crops at or above their output resolution on average).
+
+    ``augment_on_device=True`` (needs a :class:`ColorAugmentation`): the same crops and draws, but the
+    patches stay uint8 and the colour augmentation and normalisation run on the model's device
+    (``d2ssl.data.device_augmentation``); it pays off when that device is a GPU.
     """
 
     def __init__(
@@ -93,6 +99,7 @@ class JigsawClusteringMapper:
         pixel_mean: tuple[float, float, float] = IMAGENET_MEAN,
         pixel_std: tuple[float, float, float] = IMAGENET_STD,
         decode_min_side: int | None = None,
+        augment_on_device: bool = False,
     ):
         if not 0.0 <= cross_ratio < 0.5:
             raise ValueError(f"cross_ratio must be in [0, 0.5), got {cross_ratio}")
@@ -102,6 +109,12 @@ class JigsawClusteringMapper:
         self.crop = T.RandomResizedCrop(patch_size, scale=tuple(crop_scale))
         self.augmentation = augmentation if augmentation is not None else default_jigclu_augmentation()
         self.pixel_mean, self.pixel_std = pixel_mean, pixel_std
+        if augment_on_device and not isinstance(self.augmentation, ColorAugmentation):
+            raise ValueError(
+                f"JigsawClusteringMapper: augment_on_device=True needs a ColorAugmentation, got "
+                f"{self.augmentation!r}"
+            )
+        self.augment_on_device = augment_on_device
 
     def __call__(self, dataset_dict: dict, generator: torch.Generator) -> dict:
         image = read_rgb_image(dataset_dict, decode_min_side=self.decode_min_side)
@@ -115,6 +128,15 @@ class JigsawClusteringMapper:
                     right - left, lower - upper, self.crop_scale, generator
                 )
                 crops.append(resized_crop(image, (upper + top, left + left_in, h, w), self.patch_size))
+            if self.augment_on_device:
+                deferred = defer_augmentation(
+                    len(crops), [(self.augmentation, None)], generator, self.pixel_mean, self.pixel_std
+                )
+                return {
+                    "patches": torch.stack([pil_to_uint8(crop) for crop in crops]),
+                    "image_id": dataset_dict["image_id"],
+                    DEFERRED_AUGMENTATION: {"patches": deferred},
+                }
             patches = self.augmentation.apply_pil(crops, generator)
             patches = normalize_uint8(patches, self.pixel_mean, self.pixel_std)
             return {"patches": patches, "image_id": dataset_dict["image_id"]}

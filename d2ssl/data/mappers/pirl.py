@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
+from d2ssl.data.device_augmentation import DEFERRED_AUGMENTATION, defer_augmentation
 from d2ssl.data.image_io import read_rgb_image
 from d2ssl.data.transforms import (
     IMAGENET_MEAN,
@@ -20,6 +21,7 @@ from d2ssl.data.transforms import (
     ColorAugmentation,
     cut_tiles,
     normalize_uint8,
+    pil_to_uint8,
     random_resized_crop,
     random_resized_crop_box,
     resized_crop,
@@ -48,6 +50,10 @@ class PIRLMapper:
     ``"pil"`` backend; as two uint8 batches, the image and the tiles, with ``"torch"``); any other
     callable runs on PIL views under :func:`torch_rng_from`. ``decode_min_side``: see
     ``read_rgb_image`` (off by default).
+
+    ``augment_on_device=True`` (needs a :class:`ColorAugmentation` or none): the same crops and draws,
+    but ``image`` and ``tiles`` stay uint8 and the colour augmentation and normalisation run on the
+    model's device (``d2ssl.data.device_augmentation``); it pays off when that device is a GPU.
     """
 
     def __init__(
@@ -62,7 +68,13 @@ class PIRLMapper:
         pixel_mean: tuple[float, float, float] = IMAGENET_MEAN,
         pixel_std: tuple[float, float, float] = IMAGENET_STD,
         decode_min_side: int | None = None,
+        augment_on_device: bool = False,
     ):
+        if augment_on_device and not (augmentation is None or isinstance(augmentation, ColorAugmentation)):
+            raise ValueError(
+                f"PIRLMapper: augment_on_device=True needs a ColorAugmentation (or no augmentation), got "
+                f"{augmentation!r}"
+            )
         if tile_size > patch_crop_size // grid:
             raise ValueError(
                 f"tile_size={tile_size} does not fit a {grid}x{grid} grid on patch_crop_size="
@@ -78,6 +90,7 @@ class PIRLMapper:
         self.grid = grid
         self.tile_size = tile_size
         self.pixel_mean, self.pixel_std = pixel_mean, pixel_std
+        self.augment_on_device = augment_on_device
 
     @property
     def num_tiles(self) -> int:
@@ -105,7 +118,7 @@ class PIRLMapper:
         }
 
     def _fast_views(self, image, generator: torch.Generator, image_id) -> dict:
-        if self.augmentation is not None and self.augmentation.backend == "pil":
+        if self.augment_on_device or (self.augmentation is not None and self.augmentation.backend == "pil"):
             return self._pil_views(image, generator, image_id)
         view = random_resized_crop(image, self.image_size, self.image_scale, generator)[None]
         patch_crop = random_resized_crop(image, self.patch_crop_size, self.patch_crop_scale, generator)
@@ -133,6 +146,20 @@ class PIRLMapper:
         tile_order = torch.randperm(self.num_tiles, generator=generator)
         t = self.tile_size
         tiles = [patch_crop.crop((x, y, x + t, y + t)) for y, x in (corners[i] for i in tile_order.tolist())]
+        if self.augment_on_device:
+            # The loader path's next draws: the image's parameters, then the tiles'.
+            recipes = [(self.augmentation, None)] if self.augmentation is not None else []
+            mean, std = self.pixel_mean, self.pixel_std
+            return {
+                "image": pil_to_uint8(view),
+                "tiles": torch.stack([pil_to_uint8(tile) for tile in tiles]),
+                "tile_order": tile_order,
+                "image_id": image_id,
+                DEFERRED_AUGMENTATION: {
+                    "image": defer_augmentation(1, recipes, generator, mean, std),
+                    "tiles": defer_augmentation(len(tiles), recipes, generator, mean, std),
+                },
+            }
         view = self.augmentation.apply_pil([view], generator)
         tiles = self.augmentation.apply_pil(tiles, generator)
         return {

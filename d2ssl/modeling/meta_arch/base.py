@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from d2ssl.data.device_augmentation import DEFERRED_AUGMENTATION, augment_on_device
 from d2ssl.modeling.backbone import trunk_output_channels
 from d2ssl.utils.events import log_metrics
 
@@ -38,7 +39,12 @@ class SSLMetaArch(nn.Module):
         return torch.flatten(nn.functional.adaptive_avg_pool2d(self.trunk(images)[self.feature], 1), 1)
 
     def stack(self, batched_inputs: Sequence[dict], key: str) -> torch.Tensor:
-        """Stacks ``batched_inputs[i][key]`` (tensors or ints) into one tensor on the model's device."""
+        """Stacks ``batched_inputs[i][key]`` (tensors or ints) into one tensor on the model's device.
+
+        Views a mapper left un-augmented (its ``augment_on_device=True``) are augmented and normalised
+        there, on the model's device (:func:`d2ssl.data.device_augmentation.augment_on_device`)."""
+        if key in batched_inputs[0].get(DEFERRED_AUGMENTATION, {}):
+            return augment_on_device(batched_inputs, key, self.device)
         values = [x[key] for x in batched_inputs]
         if isinstance(values[0], torch.Tensor):
             return torch.stack(values).to(self.device, non_blocking=True)
