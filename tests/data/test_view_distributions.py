@@ -436,3 +436,23 @@ def test_fast_mappers_are_pure_functions_of_the_generator_and_leave_the_global_r
         c = mapper(dict(image), torch.Generator().manual_seed(10))
         key = next(k for k in ("tiles", "patches", "images", "image") if k in a)
         assert torch.equal(a[key], b[key]) and not torch.equal(a[key], c[key]), type(mapper).__name__
+
+
+def test_classification_training_views_are_image_mapper_views_on_its_fast_path():
+    from d2ssl.data.mappers import ClassificationMapper
+
+    image = {"image": skimage.data.chelsea()[::2, ::2], "image_id": 3, "label": 5}
+    jitter = [T.ColorJitter(0.4, 0.4, 0.4, 0.2)]  # ClusterFit's recipe (configs/clusterfit)
+    for extra in ([], jitter, [T.RandomRotation(10)]):
+        mapper = ClassificationMapper(train=True, crop_size=48, crop_scale=(0.2, 1.0), extra_transforms=extra)
+        assert (mapper.train_view.plan is None) == bool(extra and isinstance(extra[0], T.RandomRotation))
+        reference = ImageMapper([T.RandomResizedCrop(48, scale=(0.2, 1.0)), T.RandomHorizontalFlip(), *extra])
+        torch.manual_seed(0)
+        before = torch.random.get_rng_state()
+        a = mapper(dict(image), torch.Generator().manual_seed(4))
+        assert torch.equal(torch.random.get_rng_state(), before)
+        assert a["label"] == 5 and a["image_id"] == 3 and a["image"].shape == (3, 48, 48)
+        assert torch.equal(a["image"], reference(dict(image), torch.Generator().manual_seed(4))["image"])
+        assert not torch.equal(a["image"], mapper(dict(image), torch.Generator().manual_seed(5))["image"])
+    with pytest.raises(ValueError, match="Generator"):
+        ClassificationMapper(train=True)(dict(image))

@@ -84,10 +84,11 @@ def test_configs_follow_vissls_clusterfit_recipe():
     assert (cfg.optimizer.momentum, cfg.optimizer.weight_decay) == (0.9, 1e-4)
     assert cfg.optimizer.params.weight_decay_norm == 0.0
     mapper = instantiate(cfg.dataloader.train.mapper)
-    jitter = next(t for t in mapper.transform.transforms if isinstance(t, T.ColorJitter))
+    assert mapper.train_view.plan is not None  # ImageMapper's fast path
+    ops = mapper.train_view.augment.transforms
+    jitter = next(t for t in ops if isinstance(t, T.ColorJitter))
     assert jitter.brightness == jitter.contrast == jitter.saturation == (0.6, 1.4)
     assert jitter.hue == (-0.2, 0.2)
-    ops = mapper.transform.transforms
     assert any(isinstance(t, T.RandomResizedCrop) and t.size == (224, 224) for t in ops)
     assert any(isinstance(t, T.RandomHorizontalFlip) for t in ops)
 

@@ -8,7 +8,9 @@ linear benchmarks, semi-supervised fine-tuning and ClusterFit's training on pseu
   ``ImgPilToTensor`` test pipeline, ClusterFit's feature extraction).
 - ``train=True``: ``RandomResizedCrop(crop_size, scale=crop_scale)`` + ``RandomHorizontalFlip``, with
   optional extra PIL transforms after them (ClusterFit's colour jitter), drawn from the sample's
-  generator so the views are reproducible and resume stays exact.
+  generator so the views are reproducible and resume stays exact. This is :class:`ImageMapper`'s
+  recipe, so it runs on ImageMapper's fast path (parameters drawn from the generator, one resize,
+  uint8 colour ops) whenever the extra transforms are colour jitter, as in every d2ssl config.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import torch
 from torchvision import transforms as T
 
 from d2ssl.data.image_io import read_rgb_image
-from d2ssl.data.transforms import IMAGENET_MEAN, IMAGENET_STD, to_normalized_tensor, torch_rng_from
+from d2ssl.data.mappers.image import ImageMapper
+from d2ssl.data.transforms import IMAGENET_MEAN, IMAGENET_STD, to_normalized_tensor
 
 
 class ClassificationMapper:
@@ -41,25 +44,22 @@ class ClassificationMapper:
         pixel_std: tuple[float, float, float] = IMAGENET_STD,
     ):
         self.train = train
+        self.pixel_mean, self.pixel_std = pixel_mean, pixel_std
         if train:
             ops: list[Callable] = [T.RandomResizedCrop(crop_size, scale=tuple(crop_scale))]
             if horizontal_flip:
                 ops.append(T.RandomHorizontalFlip())
             ops.extend(extra_transforms)
+            self.train_view = ImageMapper(ops, pixel_mean, pixel_std)
         else:
-            ops = [T.Resize(resize_size), T.CenterCrop(crop_size)]
-        self.transform = T.Compose(ops)
-        self.pixel_mean, self.pixel_std = pixel_mean, pixel_std
+            self.transform = T.Compose([T.Resize(resize_size), T.CenterCrop(crop_size)])
 
     def __call__(self, dataset_dict: dict, generator: torch.Generator | None = None) -> dict:
-        image = read_rgb_image(dataset_dict)
         if self.train:
             if generator is None:
                 raise ValueError("ClassificationMapper(train=True) needs a torch.Generator")
-            with torch_rng_from(generator):
-                image = self.transform(image)
-        else:
-            image = self.transform(image)
+            return self.train_view(dataset_dict, generator)
+        image = self.transform(read_rgb_image(dataset_dict))
         out = {
             "image": to_normalized_tensor(image, self.pixel_mean, self.pixel_std),
             "image_id": dataset_dict["image_id"],
