@@ -12,7 +12,10 @@ written to a temporary folder and read from disk in the loop). Each ``*_plain`` 
 recipe written op by op with PIL/torchvision, as VISSL / JigsawClustering run it (one PIL transform
 call per view and operation, torch's global RNG); ``*_fast`` is the d2ssl mapper. ``decode`` (open +
 full decode) is the floor of both; ``*_draft`` cases decode JPEGs at reduced size
-(``decode_min_side``), and ``draft_pixels`` reports what that does to a view's pixels.
+(``decode_min_side``), and ``draft_pixels`` reports what that does to a view's pixels. ``*_device``
+is the mapper with ``augment_on_device=True``: the loader decodes, crops and draws only, the colour
+augmentation running on the model's GPU (benchmarks/gpu_throughput.py times that side): the per-core
+rate that matters when a GPU augments.
 
 NCE: seconds per training step (scores, loss, backward, bank update) of the straightforward gather
 (``memory[rows]`` then ``bmm``, as VISSL's ``NCELossWithMemory``) and of ``d2ssl.losses.NCELossWithMemory``.
@@ -176,7 +179,7 @@ def plain_pipeline(method: str):
     raise ValueError(method)
 
 
-def fast_pipeline(method: str, decode_min_side: int | None = None):
+def fast_pipeline(method: str, decode_min_side: int | None = None, augment_on_device: bool = False):
     import torch
     from torchvision import transforms as T
 
@@ -191,18 +194,20 @@ def fast_pipeline(method: str, decode_min_side: int | None = None):
 
     if method == "pirl":
         aug = color_augmentation((0.4, 0.4, 0.4, 0.2), 1.0, 0.2, photometric_prob=0.66)
-        mapper = PIRLMapper(augmentation=aug, decode_min_side=decode_min_side)
+        mapper = PIRLMapper(augmentation=aug, decode_min_side=decode_min_side,
+                            augment_on_device=augment_on_device)
     elif method == "pirl_gblur":
-        mapper = PIRLMapper(augmentation=photo_gblur_augmentation(), decode_min_side=decode_min_side)
+        mapper = PIRLMapper(augmentation=photo_gblur_augmentation(), decode_min_side=decode_min_side,
+                            augment_on_device=augment_on_device)
     elif method == "jigsaw":
         mapper = JigsawMapper(generate_permutations(9, 100), decode_min_side=decode_min_side)
     elif method == "rotnet":
         mapper = RotationMapper(decode_min_side=decode_min_side)
     elif method == "npid":
         mapper = ImageMapper([T.ColorJitter(0.4, 0.4, 0.4, 0.4), T.RandomResizedCrop(224),
-                              T.RandomHorizontalFlip()])
+                              T.RandomHorizontalFlip()], augment_on_device=augment_on_device)
     elif method == "jigclu":
-        mapper = JigsawClusteringMapper(decode_min_side=decode_min_side)
+        mapper = JigsawClusteringMapper(decode_min_side=decode_min_side, augment_on_device=augment_on_device)
     else:
         raise ValueError(method)
     generator = torch.Generator().manual_seed(0)
@@ -210,6 +215,7 @@ def fast_pipeline(method: str, decode_min_side: int | None = None):
 
 
 DRAFT_SIDE = {"jigclu": 140, "rotnet": 160, "jigsaw": 160, "pirl": 160, "pirl_gblur": 160}
+DEVICE_METHODS = ("pirl", "pirl_gblur", "npid", "jigclu")  # mappers with augment_on_device
 
 
 def images_per_second(run, paths: list[str], seconds: float) -> float:
@@ -234,6 +240,8 @@ def run_mapper_case(name: str, folder: str, seconds: float) -> dict:
         run = plain_pipeline(method)
     elif kind == "fast":
         run = fast_pipeline(method)
+    elif kind == "device":
+        run = fast_pipeline(method, augment_on_device=True)
     else:
         run = fast_pipeline(method, decode_min_side=DRAFT_SIDE[method])
     return {"images_per_s": images_per_second(run, paths, seconds)}
@@ -366,7 +374,7 @@ def ratios(results: dict, methods, nce_cases) -> dict:
     out = {}
     rounds = len(next(iter(results.values())))
     for m in methods:
-        for variant in ("fast", "draft"):
+        for variant in ("fast", "draft", "device"):
             name = f"{m}_{variant}"
             if name in results and f"{m}_plain" in results:
                 per_round = [results[name][r]["images_per_s"] / results[f"{m}_plain"][r]["images_per_s"]
@@ -443,6 +451,7 @@ def main() -> None:
     nce_cases = NCE_QUICK if args.quick else NCE_CASES
     mapper_cases = ["decode"] + [f"{m}_{v}" for m in METHODS for v in ("plain", "fast")]
     mapper_cases += [f"{m}_draft" for m in DRAFT_SIDE]
+    mapper_cases += [f"{m}_device" for m in DEVICE_METHODS]
     cases = mapper_cases + [f"{c}:{impl}" for c in nce_cases for impl in ("reference", "fast")]
     results: dict[str, list] = {c: [] for c in cases}
     load_start = os.getloadavg()
@@ -468,7 +477,7 @@ def write_report(args, results: dict, load_start, draft: dict, nce_cases: dict, 
     summary = summarise(results)
     workers = {}
     for m in METHODS:
-        for v in ("plain", "fast", "draft"):
+        for v in ("plain", "fast", "draft", "device"):
             name = f"{m}_{v}"
             if name in summary:
                 gpu_rate = GPU_R50_IMAGES_PER_S / VIEW_COST[m]
