@@ -266,6 +266,14 @@ def luma(images: torch.Tensor) -> torch.Tensor:
     return ((r * 19595 + g * 38470 + b * 7471 + 32768) >> 16).unsqueeze(1).to(torch.float32)
 
 
+def rounded_mean(grey: torch.Tensor) -> torch.Tensor:
+    """PIL/torchvision's contrast grey level, ``int(mean + 0.5)`` of each ``(n, 1, H, W)`` L view, float32
+    ``(n,)``. The sum of integer levels in float64 is exact in any order (a GPU's reduction order
+    included) and the division is in double, as PIL's ``ImageStat``."""
+    total = grey.sum(dim=(1, 2, 3), dtype=torch.float64)
+    return torch.floor(total / (grey.shape[2] * grey.shape[3]) + 0.5).to(torch.float32)
+
+
 def adjust_brightness(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     return (images * _per_view(factor)).clamp_(0, 255).floor_()
 
@@ -274,7 +282,7 @@ def adjust_contrast(images: torch.Tensor, factor: torch.Tensor, means: torch.Ten
     """``means``: the grey level to blend with, per view; by default the rounded mean luma of each view
     (PIL/torchvision). NPID's recipe passes the whole photo's when it jitters after cropping."""
     if means is None:
-        means = torch.floor(luma(images).mean(dim=(1, 2, 3)) + 0.5)
+        means = rounded_mean(luma(images))
     return _blend(_per_view(means).expand(-1, 1, 1, 1), images, factor)
 
 
@@ -454,7 +462,8 @@ def _pil_box_blur_weights(sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     fraction = (2 * whole + 1) * (whole * (whole + 1) - 3 * sigma2) / (6 * (sigma2 - (whole + 1) ** 2))
     box_radius = whole + fraction
     radius = box_radius.to(torch.int64)
-    inner = ((1 << 24) / (box_radius * 2 + 1)).to(torch.int64)
+    # float32 division, as C's (a Python number over a tensor would multiply by the reciprocal).
+    inner = (torch.full_like(box_radius, 1 << 24) / (box_radius * 2 + 1)).to(torch.int64)
     ends = torch.div((1 << 24) - (radius * 2 + 1) * inner, 2, rounding_mode="floor")
     return radius, inner, ends
 
@@ -757,7 +766,7 @@ class ColorAugmentation:
                         factor = torch.where(on_device[k], factor_of[k], factor)
                     if bool((chosen[1] | chosen[2]).any()):
                         grey = luma(x)
-                        means = torch.floor(grey.mean(dim=(1, 2, 3)) + 0.5)
+                        means = rounded_mean(grey)
                         if contrast_means is not None:
                             means = contrast_means.expand(x.shape[0])
                         degenerate = torch.where(_per_view(on_device[1]), _per_view(means), degenerate)

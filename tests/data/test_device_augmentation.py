@@ -9,7 +9,7 @@ import pytest
 import skimage.data
 import torch
 from detectron2.config import instantiate
-from PIL import Image, ImageFilter
+from PIL import Image, ImageEnhance, ImageFilter
 from torchvision import transforms as T
 
 from d2ssl.data import transforms as X
@@ -103,6 +103,19 @@ def test_tensor_pil_blur_equals_pils_gaussian_blur(size):
     ours = X.pil_gaussian_blur_tensor(views, sigma)
     for view, s in zip(ours, sigma.tolist()):
         assert torch.equal(view, X.pil_to_uint8(photo.filter(ImageFilter.GaussianBlur(radius=s))).float()), s
+
+
+def test_contrast_grey_level_is_pils_where_a_float32_mean_would_round_up():
+    # A 448 px grey view whose mean level is 200.5 - 1/N: PIL (a double mean) blends with 200; a float32
+    # mean rounds to 200.5, then to 201. Sums of levels in float64 are also exact in a GPU's order.
+    side = 448
+    levels = torch.full((side * side,), 200, dtype=torch.uint8)
+    levels[: side * side // 2 - 1] = 201
+    view = levels.view(1, 1, side, side).expand(1, 3, side, side)
+    ours = X.adjust_contrast(view.float(), torch.tensor([0.5]))
+    expected = X.pil_to_uint8(ImageEnhance.Contrast(X.uint8_to_pil(view[0])).enhance(0.5))
+    assert torch.equal(ours[0], expected.float())
+    assert X.rounded_mean(X.luma(view.float())).tolist() == [200.0]
 
 
 # --- the kernels run where the views are ------------------------------------------------------------
