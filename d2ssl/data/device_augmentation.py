@@ -17,7 +17,8 @@ loader's CPU time per image then drops to decoding and cropping.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -77,10 +78,22 @@ def augment_on_device(batched_inputs: Sequence[dict], key: str, device: torch.de
         raise ValueError(f"augment_on_device: {key!r} must hold uint8 views, got {views.dtype}")
     flat = views.to(device, non_blocking=True).reshape(-1, *views.shape[-3:])
     # The kernels' arithmetic is PIL's: no autocast (the trainer's AMP would run the blur's matrix
-    # products in half precision), no autograd.
-    with torch.no_grad(), torch.autocast(flat.device.type, enabled=False):
+    # products in half precision), no TF32 matrix products, no autograd.
+    with torch.no_grad(), torch.autocast(flat.device.type, enabled=False), _full_float32_matmul():
         flat = _augment(flat, [x[DEFERRED_AUGMENTATION][key] for x in batched_inputs], key)
     return flat.view(views.shape)
+
+
+@contextlib.contextmanager
+def _full_float32_matmul() -> Iterator[None]:
+    # torch.set_float32_matmul_precision("high") (TF32 on a GPU) would leave the blur's float32
+    # matrix products a few grey levels off.
+    precision = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(precision)
 
 
 def _augment(flat: torch.Tensor, deferred: list[DeferredAugmentation], key: str) -> torch.Tensor:

@@ -180,13 +180,20 @@ def test_option_off_returns_the_normalised_views_as_before():
         assert DEFERRED_AUGMENTATION not in out and out[VIEW_KEYS[name][0]].dtype == torch.float32
 
 
-def test_augmentation_is_exempt_from_autocast():
+def test_augmentation_is_exempt_from_autocast_and_reduced_precision_matmuls():
     mapper = MAPPERS["pirl_gblur"](True)
     batch = [mapper({"image": p, "image_id": i}, torch.Generator().manual_seed(i))
              for i, p in enumerate(PHOTOS)]
     plain = augment_on_device(batch, "tiles", "cpu")
     with torch.autocast("cpu", dtype=torch.bfloat16):  # what AMP on the CPU wraps the forward in
         assert torch.equal(augment_on_device(batch, "tiles", "cpu"), plain)
+    precision = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("medium")  # TF32 / bfloat16 products where supported
+        assert torch.equal(augment_on_device(batch, "tiles", "cpu"), plain)
+        assert torch.get_float32_matmul_precision() == "medium"  # the user's setting is restored
+    finally:
+        torch.set_float32_matmul_precision(precision)
 
 
 def test_options_that_cannot_be_deferred_are_refused():
