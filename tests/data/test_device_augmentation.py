@@ -3,6 +3,8 @@ the same draws as the loader path, the same views within the batch kernels' tole
 and kernels that create their tensors on the views' device (so they run unchanged on a GPU)."""
 
 import copy
+import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +19,9 @@ from d2ssl.data.build import SeededMapDataset
 from d2ssl.data.device_augmentation import DEFERRED_AUGMENTATION, augment_on_device
 from d2ssl.data.mappers import ImageMapper, JigsawClusteringMapper, PIRLMapper
 from d2ssl.data.mappers.montage import default_jigclu_augmentation
+from d2ssl.engine.train_loop import setup_config
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 # Real photos, made small for speed; different sizes and contents so a batch mixes them.
 PHOTOS = [
@@ -194,6 +199,23 @@ def test_augmentation_is_exempt_from_autocast_and_reduced_precision_matmuls():
         assert torch.get_float32_matmul_precision() == "medium"  # the user's setting is restored
     finally:
         torch.set_float32_matmul_precision(precision)
+
+
+def test_deferred_samples_cross_process_boundaries():
+    # Loader workers pickle the mapped dicts: the parameters and the recipe travel with the views.
+    mapper = MAPPERS["npid"](True)
+    batch = [mapper({"image": p, "image_id": i}, torch.Generator().manual_seed(i))
+             for i, p in enumerate(PHOTOS)]
+    copied = pickle.loads(pickle.dumps(batch))
+    assert torch.equal(augment_on_device(copied, "image", "cpu"), augment_on_device(batch, "image", "cpu"))
+
+
+@pytest.mark.parametrize(
+    "name", ["pirl_R50", "pirl_R50_mlp_gblur", "npid_R50", "npid_R50_gblur", "jigclu_R50"]
+)
+def test_full_scale_configs_have_the_switch_off(name):
+    cfg = setup_config(str(CONFIGS / f"{name}.py"), [])
+    assert cfg.dataloader.train.mapper.augment_on_device is False
 
 
 def test_options_that_cannot_be_deferred_are_refused():
