@@ -154,25 +154,31 @@ def test_kernels_create_their_tensors_on_the_views_device(aug, monkeypatch):
 # --- mappers: the same draws and views on both paths ------------------------------------------------
 
 
+CUDA = pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU"))
+
+
+@pytest.mark.parametrize("device", ["cpu", CUDA])
 @pytest.mark.parametrize("name", list(MAPPERS))
-def test_device_path_gives_the_loader_paths_views(name, kernels):
+def test_device_path_gives_the_loader_paths_views(name, kernels, device):
     loader_mapper, device_mapper = MAPPERS[name](False), MAPPERS[name](True)
-    loader, device = [], []
+    loader, on_device = [], []
     for i, photo in enumerate(PHOTOS * 2):
         g1, g2 = torch.Generator().manual_seed(i), torch.Generator().manual_seed(i)
         loader.append(loader_mapper({"image": photo, "image_id": i}, g1))
-        device.append(device_mapper({"image": photo, "image_id": i}, g2))
+        on_device.append(device_mapper({"image": photo, "image_id": i}, g2))
         # Same draws in the same order: the generators end in the same state.
         assert torch.equal(g1.get_state(), g2.get_state())
     for key in VIEW_KEYS[name]:
-        assert all(d[key].dtype == torch.uint8 for d in device)
+        assert all(d[key].dtype == torch.uint8 for d in on_device)
         # One call for the whole batch (each op once, the samples' parameters concatenated).
-        ours = augment_on_device(device, key, "cpu")
+        ours = augment_on_device(on_device, key, device)
+        assert ours.device.type == device
+        ours = ours.cpu()
         reference = torch.stack([x[key] for x in loader])
         assert ours.dtype == torch.float32 and ours.shape == reference.shape
         # The batch kernels' tolerance (tests/data/test_view_distributions.py): 1 level, < 1% of values.
         assert_levels_close(ours * LEVELS, reference * LEVELS, max_levels=1.001, max_fraction=0.01)
-    for a, b in zip(loader, device):
+    for a, b in zip(loader, on_device):
         assert a["image_id"] == b["image_id"] and set(a) == set(b) - {DEFERRED_AUGMENTATION}
         if "tile_order" in a:
             assert torch.equal(a["tile_order"], b["tile_order"])
