@@ -82,6 +82,38 @@ def test_init_checkpoint_puts_the_pretrained_trunk_in_the_fpn_backbone(tmp_path)
     assert prepare_init_checkpoint(whole, str(tmp_path / "out")) == whole
 
 
+def test_frozen_trunk_transfer_keeps_the_pretrained_weights_and_statistics(tmp_path):
+    # The demo's detection setting (scripts/demo.sh): freeze_at=5 freezes stem and res2-res5, BatchNorm
+    # statistics included; FPN and heads train (precise BN recomputes only their statistics).
+    torch.manual_seed(5)
+    trunk = build_resnet_trunk(18, base_channels=16, out_features=("res2", "res3", "res4", "res5"))
+    with torch.no_grad():
+        for m in trunk.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-1, 1)
+                m.running_var.uniform_(0.5, 2)
+    holder = nn.Module()
+    holder.trunk = trunk
+    AtomicCheckpointer(holder, str(tmp_path / "pretrain")).save("model_final")
+
+    cfg = tiny_detection_config("coco", tmp_path, "train.max_iter=3", "model.backbone.bottom_up.freeze_at=5",
+                                f"train.init_checkpoint={tmp_path / 'pretrain' / 'model_final.pth'}")
+    detector = instantiate(cfg.model)
+    bottom_up = detector.backbone.bottom_up
+    assert not any(p.requires_grad for p in bottom_up.parameters())
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in bottom_up.modules())
+    assert sum(isinstance(m, FrozenBatchNorm2d) for m in bottom_up.modules()) > 10
+    assert any(p.requires_grad for p in detector.backbone.parameters())  # the FPN's
+
+    train_detector(cfg)
+    AtomicCheckpointer(detector).load(str(tmp_path / "detection" / "model_final.pth"))
+    trained = detector.backbone.state_dict()
+    for key, value in trunk.state_dict().items():
+        if key.endswith("num_batches_tracked"):
+            continue
+        assert torch.equal(trained[f"bottom_up.{key}"], value), key
+
+
 def test_voc_layout_fine_tunes_and_evaluates_with_the_pascal_voc_evaluator(tmp_path):
     cfg = tiny_detection_config("voc", tmp_path, "train.max_iter=3", "train.init_checkpoint=",
                                 "model.roi_heads.box_predictor.test_score_thresh=0.0")
