@@ -15,7 +15,7 @@ full decode) is the floor of both; ``*_draft`` cases decode JPEGs at reduced siz
 (``decode_min_side``), and ``draft_pixels`` reports what that does to a view's pixels. ``*_device``
 is the mapper with ``augment_on_device=True``: the loader decodes, crops and draws only, the colour
 augmentation running on the model's GPU (benchmarks/gpu_throughput.py times that side): the per-core
-rate that matters when a GPU augments.
+rate that matters when a GPU augments; ``*_devicedraft`` is both options.
 
 NCE: seconds per training step (scores, loss, backward, bank update) of the straightforward gather
 (``memory[rows]`` then ``bmm``, as VISSL's ``NCELossWithMemory``) and of ``d2ssl.losses.NCELossWithMemory``.
@@ -242,6 +242,8 @@ def run_mapper_case(name: str, folder: str, seconds: float) -> dict:
         run = fast_pipeline(method)
     elif kind == "device":
         run = fast_pipeline(method, augment_on_device=True)
+    elif kind == "devicedraft":
+        run = fast_pipeline(method, decode_min_side=DRAFT_SIDE[method], augment_on_device=True)
     else:
         run = fast_pipeline(method, decode_min_side=DRAFT_SIDE[method])
     return {"images_per_s": images_per_second(run, paths, seconds)}
@@ -374,7 +376,7 @@ def ratios(results: dict, methods, nce_cases) -> dict:
     out = {}
     rounds = len(next(iter(results.values())))
     for m in methods:
-        for variant in ("fast", "draft", "device"):
+        for variant in ("fast", "draft", "device", "devicedraft"):
             name = f"{m}_{variant}"
             if name in results and f"{m}_plain" in results:
                 per_round = [results[name][r]["images_per_s"] / results[f"{m}_plain"][r]["images_per_s"]
@@ -452,6 +454,7 @@ def main() -> None:
     mapper_cases = ["decode"] + [f"{m}_{v}" for m in METHODS for v in ("plain", "fast")]
     mapper_cases += [f"{m}_draft" for m in DRAFT_SIDE]
     mapper_cases += [f"{m}_device" for m in DEVICE_METHODS]
+    mapper_cases += [f"{m}_devicedraft" for m in DEVICE_METHODS if m in DRAFT_SIDE]
     cases = mapper_cases + [f"{c}:{impl}" for c in nce_cases for impl in ("reference", "fast")]
     results: dict[str, list] = {c: [] for c in cases}
     load_start = os.getloadavg()
@@ -477,7 +480,7 @@ def write_report(args, results: dict, load_start, draft: dict, nce_cases: dict, 
     summary = summarise(results)
     workers = {}
     for m in METHODS:
-        for v in ("plain", "fast", "draft", "device"):
+        for v in ("plain", "fast", "draft", "device", "devicedraft"):
             name = f"{m}_{v}"
             if name in summary:
                 gpu_rate = GPU_R50_IMAGES_PER_S / VIEW_COST[m]
