@@ -54,6 +54,9 @@ dataloader = dict(
             crop_size=224,
             crop_scale=(0.08, 1.0),
             extra_transforms=[L(T.ColorJitter)(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.2)],
+            # True: the loader only decodes, crops and draws; the jitter and normalisation run batched on
+            # the model's device (d2ssl.data.device_augmentation). Pays off when that device is a GPU.
+            augment_on_device=False,
         ),
         total_batch_size=256,  # VISSL: 8 GPUs x BATCHSIZE_PER_REPLICA 32
         num_workers=8,

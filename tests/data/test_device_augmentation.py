@@ -271,3 +271,33 @@ def test_config_switch_gives_the_same_losses(name, tiny_config, fashion_mnist_sm
     assert losses[True].keys() == losses[False].keys()
     for key in losses[False]:
         assert losses[True][key] == pytest.approx(losses[False][key], rel=1e-2), key
+
+
+def test_classification_training_views_defer_to_the_linear_benchmark_and_clusterfit_models():
+    from d2ssl.data.mappers import ClassificationMapper
+    from d2ssl.evaluation.models import TrunkClassifier
+    from d2ssl.modeling.backbone import build_resnet_trunk
+
+    photo = skimage.data.chelsea()[::4, ::4]
+    samples = [{"image": photo, "image_id": i, "label": i % 3} for i in range(4)]
+    jitter = [T.ColorJitter(0.4, 0.4, 0.4, 0.2)]  # ClusterFit's recipe (configs/clusterfit)
+    args = dict(train=True, crop_size=32, crop_scale=(0.2, 1.0), extra_transforms=jitter)
+    loader, deferring = ClassificationMapper(**args), ClassificationMapper(**args, augment_on_device=True)
+    off = [loader(dict(s), torch.Generator().manual_seed(i)) for i, s in enumerate(samples)]
+    on = [deferring(dict(s), torch.Generator().manual_seed(i)) for i, s in enumerate(samples)]
+    assert on[0]["image"].dtype == torch.uint8 and [x["label"] for x in on] == [x["label"] for x in off]
+    views = augment_on_device(on, "image", "cpu")
+    assert_levels_close(views * LEVELS, torch.stack([x["image"] for x in off]) * LEVELS,
+                        max_levels=1.001, max_fraction=0.01)
+
+    torch.manual_seed(0)
+    trunk = build_resnet_trunk(18, base_channels=16, out_features=("res5",))
+    model = TrunkClassifier(trunk, {"fc": {"feature": "res5"}}, num_classes=3, input_size=32).eval()
+    plain = [{**{k: v for k, v in x.items() if k != DEFERRED_AUGMENTATION}, "image": views[i]}
+             for i, x in enumerate(on)]
+    assert torch.equal(model(on)["fc"], model(plain)["fc"])  # the model augments what the mapper deferred
+
+    with pytest.raises(ValueError, match="training views"):
+        ClassificationMapper(train=False, augment_on_device=True)
+    cfg = setup_config(str(Path(__file__).resolve().parents[2] / "configs/clusterfit/clusterfit_R50.py"), [])
+    assert cfg.dataloader.train.mapper.augment_on_device is False

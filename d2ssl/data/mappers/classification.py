@@ -11,6 +11,9 @@ linear benchmarks, semi-supervised fine-tuning and ClusterFit's training on pseu
   generator so the views are reproducible and resume stays exact. This is :class:`ImageMapper`'s
   recipe, so it runs on ImageMapper's fast path (parameters drawn from the generator, one resize,
   uint8 colour ops) whenever the extra transforms are colour jitter, as in every d2ssl config.
+  ``augment_on_device=True`` (training views on that path only) leaves the colour ops and the
+  normalisation to the model's device, as ImageMapper's option of the same name (ClusterFit's and the
+  linear benchmarks' models handle such batches).
 """
 
 from __future__ import annotations
@@ -42,7 +45,11 @@ class ClassificationMapper:
         extra_transforms: Sequence[Callable] = (),
         pixel_mean: tuple[float, float, float] = IMAGENET_MEAN,
         pixel_std: tuple[float, float, float] = IMAGENET_STD,
+        augment_on_device: bool = False,
     ):
+        if augment_on_device and not train:
+            raise ValueError("ClassificationMapper: augment_on_device=True applies to training views "
+                             "(train=True); the test view has no augmentation to defer")
         self.train = train
         self.pixel_mean, self.pixel_std = pixel_mean, pixel_std
         if train:
@@ -50,7 +57,7 @@ class ClassificationMapper:
             if horizontal_flip:
                 ops.append(T.RandomHorizontalFlip())
             ops.extend(extra_transforms)
-            self.train_view = ImageMapper(ops, pixel_mean, pixel_std)
+            self.train_view = ImageMapper(ops, pixel_mean, pixel_std, augment_on_device=augment_on_device)
         else:
             self.transform = T.Compose([T.Resize(resize_size), T.CenterCrop(crop_size)])
 
