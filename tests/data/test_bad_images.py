@@ -242,3 +242,26 @@ def test_seventeen_adjacent_bad_files_train_to_the_end_and_resume_exactly(
     b = torch.load(resumed_out / "model_final.pth", weights_only=True)["model"]
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_jpeg_photos_read_as_decoded_and_exif_orientation_is_applied(tmp_path):
+    import skimage.data
+
+    photo = Image.fromarray(skimage.data.chelsea()).resize((60, 40))
+    plain, rotated, grey = tmp_path / "plain.jpg", tmp_path / "rotated.jpg", tmp_path / "grey.jpg"
+    photo.save(plain, quality=90)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: the camera was turned, show rotated 90 degrees clockwise
+    photo.save(rotated, quality=90, exif=exif)
+    photo.convert("L").save(grey, quality=90)
+
+    def pixels(image):
+        return np.asarray(image)
+
+    image = read_rgb_image({"file_name": str(plain)})
+    assert image.mode == "RGB" and np.array_equal(pixels(image), pixels(Image.open(plain).convert("RGB")))
+    upright = read_rgb_image({"file_name": str(rotated)})
+    assert upright.size == (40, 60)
+    assert np.array_equal(pixels(upright), pixels(Image.open(rotated).transpose(Image.Transpose.ROTATE_270)))
+    grey_rgb = read_rgb_image({"file_name": str(grey)})
+    assert grey_rgb.mode == "RGB" and np.array_equal(pixels(grey_rgb)[..., 0], pixels(Image.open(grey)))
