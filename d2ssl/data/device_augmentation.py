@@ -84,6 +84,14 @@ def augment_on_device(batched_inputs: Sequence[dict], key: str, device: torch.de
     return flat.view(views.shape)
 
 
+def stack_views(batched_inputs: Sequence[dict], key: str, device: torch.device | str) -> torch.Tensor:
+    """``batched_inputs[i][key]`` stacked on ``device``; views a mapper left un-augmented (its
+    ``augment_on_device=True``) are augmented and normalised there (:func:`augment_on_device`)."""
+    if key in batched_inputs[0].get(DEFERRED_AUGMENTATION, {}):
+        return augment_on_device(batched_inputs, key, device)
+    return torch.stack([x[key] for x in batched_inputs]).to(device, non_blocking=True)
+
+
 @contextlib.contextmanager
 def _full_float32_matmul() -> Iterator[None]:
     # torch.set_float32_matmul_precision("high") (TF32 on a GPU) would leave the blur's float32

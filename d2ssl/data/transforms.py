@@ -507,6 +507,12 @@ _LEVELS = np.arange(256, dtype=np.float32)
 _IDENTITY = np.arange(256, dtype=np.int64)
 
 
+def pil_grey_level(image: Image.Image) -> int:
+    """The grey level PIL/torchvision's contrast blends with: the rounded mean of the L image (float64
+    mean, as ``ImageStat``; :func:`rounded_mean` on tensors)."""
+    return math.floor(float(np.asarray(image.convert("L")).mean()) + 0.5)
+
+
 def _blend_table(grey: float, factor: float) -> list[int]:
     # PIL's Image.blend of a constant grey image: float32 grey + factor * (v - grey), truncated, clipped.
     values = np.float32(grey) + np.float32(factor) * (_LEVELS - np.float32(grey))
@@ -694,7 +700,7 @@ class ColorAugmentation:
                         view = _point(view, _blend_table(0.0, p["brightness"][i]))
                     elif op == 1:
                         if contrast_means is None:
-                            grey = math.floor(float(np.asarray(view.convert("L")).mean()) + 0.5)
+                            grey = pil_grey_level(view)
                         else:
                             grey = contrast_means[i]
                         view = _point(view, _blend_table(grey, p["contrast"][i]))

@@ -29,7 +29,7 @@ from detectron2.modeling.backbone import ResNet
 from torch import nn
 from torch.nn import functional as F
 
-from d2ssl.data.device_augmentation import DEFERRED_AUGMENTATION, augment_on_device
+from d2ssl.data.device_augmentation import stack_views
 from d2ssl.utils.events import log_metrics
 
 FEATURE_ORDER = ("conv1", "stem", "res2", "res3", "res4", "res5")
@@ -180,10 +180,7 @@ class TrunkClassifier(nn.Module):
         return {name: head(features[self.head_features[name]]) for name, head in self.heads.items()}
 
     def forward(self, batched_inputs: Sequence[dict]):
-        if "image" in batched_inputs[0].get(DEFERRED_AUGMENTATION, {}):  # the mapper's augment_on_device
-            images = augment_on_device(batched_inputs, "image", self.device)
-        else:
-            images = torch.stack([x["image"] for x in batched_inputs]).to(self.device, non_blocking=True)
+        images = stack_views(batched_inputs, "image", self.device)  # augments what the mapper deferred
         logits = self.logits(images)
         if not self.training:
             return logits

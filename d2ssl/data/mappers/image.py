@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
-from PIL import Image, ImageStat
+from PIL import Image
 from torchvision import transforms as T
 
 from d2ssl.data.device_augmentation import DEFERRED_AUGMENTATION, defer_augmentation
@@ -15,6 +15,7 @@ from d2ssl.data.transforms import (
     IMAGENET_STD,
     ColorAugmentation,
     normalize_uint8,
+    pil_grey_level,
     pil_to_uint8,
     random_resized_crop_box,
     resized_crop,
@@ -128,28 +129,27 @@ class ImageMapper:
         # Jitter before the crop: contrast blends with the whole photo's grey level (PIL: rounded mean of L).
         if not self.plan[0]:
             return None
-        return torch.tensor([float(int(ImageStat.Stat(image.convert("L")).mean[0] + 0.5))])
+        return torch.tensor([float(pil_grey_level(image))])
+
+    def _crop_and_recipes(self, image, generator: torch.Generator):
+        # The fast path's crop (PIL), then its colour ops in order, each with its contrast grey level.
+        before, crop, after = self.plan
+        means = self._whole_photo_grey(image)
+        box = random_resized_crop_box(
+            image.width, image.height, tuple(crop.scale), generator, tuple(crop.ratio)
+        )
+        recipes = [(op, means) for op in before] + [(op, None) for op in after]
+        return resized_crop(image, box, crop.size[0]), recipes
 
     def _deferred_view(self, image, generator: torch.Generator):
         # _fast_view's crop and draws (one per colour op, in order); the ops left for the model's device.
-        before, crop, after = self.plan
-        means = self._whole_photo_grey(image)
-        box = random_resized_crop_box(
-            image.width, image.height, tuple(crop.scale), generator, tuple(crop.ratio)
-        )
-        view = pil_to_uint8(resized_crop(image, box, crop.size[0]))
-        recipes = [(op, means) for op in before] + [(op, None) for op in after]
-        return view, defer_augmentation(1, recipes, generator, self.pixel_mean, self.pixel_std)
+        view, recipes = self._crop_and_recipes(image, generator)
+        return pil_to_uint8(view), defer_augmentation(1, recipes, generator, self.pixel_mean, self.pixel_std)
 
     def _fast_view(self, image, generator: torch.Generator) -> torch.Tensor:
-        before, crop, after = self.plan
-        means = self._whole_photo_grey(image)
-        box = random_resized_crop_box(
-            image.width, image.height, tuple(crop.scale), generator, tuple(crop.ratio)
-        )
-        view = resized_crop(image, box, crop.size[0])
+        view, recipes = self._crop_and_recipes(image, generator)
         # The first op takes the PIL crop as it is; the later ones the uint8 tensor it returns.
-        for op, contrast_means in [(op, means) for op in before] + [(op, None) for op in after]:
+        for op, contrast_means in recipes:
             if isinstance(view, Image.Image):
                 view = op.apply_pil([view], generator, contrast_means=contrast_means)
             else:

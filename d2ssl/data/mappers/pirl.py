@@ -128,8 +128,12 @@ class PIRLMapper:
         if self.augmentation is not None:
             view = self.augmentation.apply(view, generator)
             tiles = self.augmentation.apply(tiles, generator)
+        return self._normalized(view[0], tiles, tile_order, image_id)
+
+    def _normalized(self, view: torch.Tensor, tiles: torch.Tensor, tile_order: torch.Tensor, image_id):
+        # uint8 (3, H, W) view and (T, 3, t, t) tiles, augmented -> the mapper's output.
         return {
-            "image": normalize_uint8(view[0], self.pixel_mean, self.pixel_std),
+            "image": normalize_uint8(view, self.pixel_mean, self.pixel_std),
             "tiles": normalize_uint8(tiles, self.pixel_mean, self.pixel_std),
             "tile_order": tile_order,
             "image_id": image_id,
@@ -162,9 +166,4 @@ class PIRLMapper:
             }
         view = self.augmentation.apply_pil([view], generator)
         tiles = self.augmentation.apply_pil(tiles, generator)
-        return {
-            "image": normalize_uint8(view[0], self.pixel_mean, self.pixel_std),
-            "tiles": normalize_uint8(tiles, self.pixel_mean, self.pixel_std),
-            "tile_order": tile_order,
-            "image_id": image_id,
-        }
+        return self._normalized(view[0], tiles, tile_order, image_id)

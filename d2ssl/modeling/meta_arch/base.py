@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from d2ssl.data.device_augmentation import DEFERRED_AUGMENTATION, augment_on_device
+from d2ssl.data.device_augmentation import stack_views
 from d2ssl.modeling.backbone import trunk_output_channels
 from d2ssl.utils.events import log_metrics
 
@@ -43,12 +43,9 @@ class SSLMetaArch(nn.Module):
 
         Views a mapper left un-augmented (its ``augment_on_device=True``) are augmented and normalised
         there, on the model's device (:func:`d2ssl.data.device_augmentation.augment_on_device`)."""
-        if key in batched_inputs[0].get(DEFERRED_AUGMENTATION, {}):
-            return augment_on_device(batched_inputs, key, self.device)
-        values = [x[key] for x in batched_inputs]
-        if isinstance(values[0], torch.Tensor):
-            return torch.stack(values).to(self.device, non_blocking=True)
-        return torch.as_tensor(values, device=self.device)
+        if isinstance(batched_inputs[0][key], torch.Tensor):
+            return stack_views(batched_inputs, key, self.device)
+        return torch.as_tensor([x[key] for x in batched_inputs], device=self.device)
 
     def forward(self, batched_inputs: Sequence[dict]):
         if self.training:
