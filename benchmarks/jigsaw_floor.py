@@ -1,11 +1,13 @@
 #!/usr/bin/env python
-"""How fast can a Jigsaw mapper be? The plain recipe against decode + the one resample every view needs.
+"""How fast can a Jigsaw mapper be? The plain recipe against decoding alone and decode + the one resize.
 
-Every Jigsaw view is the decoded photo resampled once (the 255 px crop of the image resized to 256 on
-its shorter side: a ~373 px square of a 500x375 photo). This times, in one process and one thread,
-interleaved over rounds on the photos of ``benchmarks/throughput.py``: the plain reference recipe,
-d2ssl's JigsawMapper, and that floor (``read_rgb_image`` + one PIL bilinear resample of the crop
-region). ``plain / floor`` bounds the speed-up any mapper decoding the full JPEG can reach.
+Every Jigsaw tile is resampled from the decoded photo (the image resized to 256 on its shorter side,
+then a 255 crop cut into nine 64 px tiles). This times, in one process and one thread, interleaved
+over rounds on the photos of ``benchmarks/throughput.py``: the plain reference recipe, d2ssl's
+JigsawMapper (full and draft decode), decoding alone (``read_rgb_image``), and decoding + the resize
+d2ssl does (``resize_uint8``: torch's antialiased bilinear on uint8), and decoding + that resize done
+by PIL. ``plain / decode`` bounds the speed-up any mapper decoding the full JPEG can reach;
+``plain / decode_and_resize`` the bound of one that also resizes as d2ssl does.
 
     python benchmarks/jigsaw_floor.py [--rounds 7] [--out benchmarks/results/jigsaw_floor_cpu.json]
 """
@@ -35,18 +37,31 @@ def main() -> None:
     from PIL import Image
 
     from d2ssl.data.image_io import read_rgb_image
+    from d2ssl.data.transforms import pil_to_uint8_hwc, resize_uint8
 
     torch.set_num_threads(1)
 
-    def floor(path: str) -> None:
+    def decode(path: str) -> None:
+        read_rgb_image({"file_name": path})
+
+    def decode_and_resize(path: str) -> None:
         image = read_rgb_image({"file_name": path})
-        side = min(image.size) * 255 / 256
-        image.resize((255, 255), Image.BILINEAR, box=(0, 0, side, side))
+        resize_uint8(pil_to_uint8_hwc(image), (256, 256 * image.width // image.height))
+
+    def decode_and_pil_resize(path: str) -> None:  # the same resize as PIL does it
+        image = read_rgb_image({"file_name": path})
+        image.resize((256 * image.width // image.height, 256), Image.BILINEAR)
 
     with tempfile.TemporaryDirectory() as folder:
         paths = throughput.write_photos(folder)
-        cases = {"plain": throughput.plain_pipeline("jigsaw"), "d2ssl": throughput.fast_pipeline("jigsaw"),
-                 "decode_and_resample": floor}
+        cases = {
+            "plain": throughput.plain_pipeline("jigsaw"),
+            "d2ssl": throughput.fast_pipeline("jigsaw"),
+            "d2ssl_draft": throughput.fast_pipeline("jigsaw", throughput.DRAFT_SIDE["jigsaw"]),
+            "decode": decode,
+            "decode_and_resize": decode_and_resize,
+            "decode_and_pil_resize": decode_and_pil_resize,
+        }
 
         def ms(fn) -> float:
             start = time.perf_counter()
@@ -60,10 +75,10 @@ def main() -> None:
     report = {
         "what": __doc__.split("\n")[0], "machine": throughput.machine(), "rounds": rounds,
         "median_ms": {name: statistics.median(r[name] for r in rounds) for name in cases},
-        "plain_over_floor": statistics.median(r["plain"] / r["decode_and_resample"] for r in rounds),
-        "plain_over_d2ssl": statistics.median(r["plain"] / r["d2ssl"] for r in rounds),
+        **{f"plain_over_{name}": statistics.median(r["plain"] / r[name] for r in rounds)
+           for name in cases if name != "plain"},
     }
-    print(json.dumps({k: report[k] for k in ("median_ms", "plain_over_floor", "plain_over_d2ssl")}, indent=1))
+    print(json.dumps({k: v for k, v in report.items() if k not in ("rounds", "machine")}, indent=1))
     if args.out:
         with open(args.out, "w") as f:
             json.dump(report, f, indent=1)

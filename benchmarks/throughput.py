@@ -310,7 +310,7 @@ def draft_pixel_effect(folder: str) -> dict:
     import torch
 
     from d2ssl.data.image_io import read_rgb_image
-    from d2ssl.data.transforms import pil_to_uint8, random_resized_crop_box, resized_crop
+    from d2ssl.data.transforms import pil_to_uint8, pil_to_uint8_hwc, random_resized_crop_box, resized_crop
 
     paths = sorted(os.path.join(folder, f) for f in os.listdir(folder))
     out = {}
@@ -324,7 +324,7 @@ def draft_pixel_effect(folder: str) -> dict:
                 top, left, h, w = random_resized_crop_box(
                     full.width, full.height, scale, torch.Generator().manual_seed(100 * i + s)
                 )
-                a = pil_to_uint8(resized_crop(full, (top, left, h, w), size)).float()
+                a = resized_crop(pil_to_uint8_hwc(full), (top, left, h, w), size).float()
                 box = (left * fx, top * fy, (left + w) * fx, (top + h) * fy)
                 b = pil_to_uint8(draft.resize((size, size), 2, box=box)).float()  # 2 = bilinear
                 diffs.append(float((a - b).abs().mean()))

@@ -200,14 +200,25 @@ def test_pirl_and_jigclu_mappers_give_the_same_views_on_both_backends():
                 assert torch.equal(a["tile_order"], b["tile_order"])
 
 
-def test_fused_resized_crop_equals_crop_then_resize_inside_the_border():
+@pytest.mark.parametrize(
+    "box, size", [((30, 40, 300, 250), 64), ((0, 0, 512, 512), 224), ((100, 7, 51, 60), 112)]
+)
+def test_resized_crop_equals_pils_crop_then_resize(box, size):
+    # torch's antialiased uint8 kernel against F.resized_crop on PIL (RandomResizedCrop's op): down-
+    # and upscaling, border pixels included (both crop first, then resize).
     image = Image.fromarray(skimage.data.astronaut())
-    box = (30, 40, 300, 250)
-    ours = X.pil_to_uint8(X.resized_crop(image, box, 64)).float()
-    ref = pixels(F.resized_crop(image, *box, [64, 64]))
-    # PIL's box reads the filter support beyond the region: only the outermost pixels may differ.
-    assert torch.equal(ours[:, 2:-2, 2:-2], ref[:, 2:-2, 2:-2])
-    assert (ours - ref).abs().mean() < 0.5
+    ours = X.resized_crop(X.pil_to_uint8_hwc(image), box, size)
+    assert ours.dtype == torch.uint8 and ours.shape == (3, size, size) and ours.is_contiguous()
+    ref = pixels(F.resized_crop(image, *box, [size, size]))
+    assert_levels_close(ours, ref, max_levels=1, max_fraction=0.01)
+
+
+def test_resize_uint8_equals_pils_resize_of_a_photo():
+    photo = Image.fromarray(skimage.data.coffee()).resize((500, 375), Image.BICUBIC)
+    for size in [(256, 341), (188, 250), (480, 640)]:
+        ours = X.resize_uint8(X.pil_to_uint8_hwc(photo), size)
+        ref = pixels(photo.resize(size[::-1], Image.BILINEAR))
+        assert_levels_close(ours, ref, max_levels=1, max_fraction=0.01)
 
 
 def test_normalize_uint8_equals_to_tensor_then_normalize(photo):
@@ -215,18 +226,27 @@ def test_normalize_uint8_equals_to_tensor_then_normalize(photo):
     torch.testing.assert_close(ours, X.to_normalized_tensor(photo), rtol=0, atol=1e-5)
 
 
-def test_jigsaw_crop_is_resize_then_crop_of_the_same_window():
+def test_jigsaw_tiles_are_cut_from_the_resized_photo():
+    # VISSL's Resize(256), flip, RandomCrop(255), grayscale, then tiles of a 3x3 grid: ours against
+    # that recipe done with PIL from the same draws, in the same order.
     image = Image.fromarray(skimage.data.chelsea())  # 451 x 300
-    mapper = JigsawMapper(X.generate_permutations(9, 10), resize_size=64, crop_size=60, tile_size=16)
-    g = torch.Generator().manual_seed(0)
-    state = g.get_state()
-    ours = X.pil_to_uint8(mapper._resized_crop(image, g)).float()
-    g.set_state(state)
-    new_w = int(64 * 451 / 300)
-    top = int(torch.randint(0, 64 - 60 + 1, (1,), generator=g))
-    left = int(torch.randint(0, new_w - 60 + 1, (1,), generator=g))
-    ref = pixels(F.resize(image, 64).crop((left, top, left + 60, top + 60)))
-    assert (ours - ref).abs().max() <= 1  # same filter and sampling positions; float rounding only
+    perms = X.generate_permutations(9, 10)
+    mapper = JigsawMapper(perms, resize_size=64, crop_size=60, tile_size=16, grayscale_prob=0.5)
+    levels = torch.tensor(X.IMAGENET_STD).view(3, 1, 1) * 255  # normalised -> grey levels
+    for seed in range(6):
+        ours = mapper({"image": np.asarray(image), "image_id": 0}, torch.Generator().manual_seed(seed))
+        g = torch.Generator().manual_seed(seed)
+        top = int(torch.randint(0, 64 - 60 + 1, (1,), generator=g))
+        left = int(torch.randint(0, int(64 * 451 / 300) - 60 + 1, (1,), generator=g))
+        grey, flip = (bool(x) for x in (torch.rand(1, generator=g) < 0.5, torch.rand(1, generator=g) < 0.5))
+        crop = F.resize(image, 64).crop((left, top, left + 60, top + 60))
+        crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if flip else crop
+        crop = crop.convert("L").convert("RGB") if grey else crop
+        corners = X.tile_corners(60, 60, 3, 16, g)
+        assert int(torch.randint(10, (1,), generator=g)) == ours["perm_index"]
+        ref = torch.stack([pixels(crop)[:, y : y + 16, x : x + 16] for y, x in corners])
+        ref = X.normalize_uint8(ref[torch.as_tensor(perms[ours["perm_index"]])])
+        assert_levels_close(ours["tiles"] * levels, ref * levels, max_levels=1.001, max_fraction=0.01)
 
 
 # --- random parameters: the reference's laws -------------------------------------------------------
@@ -380,9 +400,8 @@ def test_npid_fast_view_uses_the_whole_photos_contrast_grey(photo, monkeypatch):
     mapper = ImageMapper([T.ColorJitter(contrast=0.9), T.RandomResizedCrop(16, scale=(0.05, 0.05))])
     jitter = mapper.plan[0][0]
     seen = []
-    monkeypatch.setattr(  # the PIL crop goes to apply_pil
-        jitter, "apply_pil",
-        lambda views, g, contrast_means=None: seen.append(contrast_means) or X.pil_to_uint8(views[0])[None],
+    monkeypatch.setattr(  # the uint8 crop goes to apply
+        jitter, "apply", lambda views, g, contrast_means=None: seen.append(contrast_means) or views
     )
     mapper({"image": np.asarray(photo), "image_id": 0}, torch.Generator().manual_seed(0))
     whole_grey = int(np.asarray(photo.convert("L"), dtype=float).mean() + 0.5)

@@ -16,7 +16,7 @@ from d2ssl.data.transforms import (
     ColorAugmentation,
     normalize_uint8,
     pil_grey_level,
-    pil_to_uint8,
+    pil_to_uint8_hwc,
     random_resized_crop_box,
     resized_crop,
     to_normalized_tensor,
@@ -132,28 +132,23 @@ class ImageMapper:
         return torch.tensor([float(pil_grey_level(image))])
 
     def _crop_and_recipes(self, image, generator: torch.Generator):
-        # The fast path's crop (PIL), then its colour ops in order, each with its contrast grey level.
+        # The fast path's crop (uint8), then its colour ops in order, each with its contrast grey level.
         before, crop, after = self.plan
         means = self._whole_photo_grey(image)
         box = random_resized_crop_box(
             image.width, image.height, tuple(crop.scale), generator, tuple(crop.ratio)
         )
         recipes = [(op, means) for op in before] + [(op, None) for op in after]
-        return resized_crop(image, box, crop.size[0]), recipes
+        return resized_crop(pil_to_uint8_hwc(image), box, crop.size[0]), recipes
 
     def _deferred_view(self, image, generator: torch.Generator):
         # _fast_view's crop and draws (one per colour op, in order); the ops left for the model's device.
         view, recipes = self._crop_and_recipes(image, generator)
-        return pil_to_uint8(view), defer_augmentation(1, recipes, generator, self.pixel_mean, self.pixel_std)
+        return view, defer_augmentation(1, recipes, generator, self.pixel_mean, self.pixel_std)
 
     def _fast_view(self, image, generator: torch.Generator) -> torch.Tensor:
         view, recipes = self._crop_and_recipes(image, generator)
-        # The first op takes the PIL crop as it is; the later ones the uint8 tensor it returns.
+        view = view[None]
         for op, contrast_means in recipes:
-            if isinstance(view, Image.Image):
-                view = op.apply_pil([view], generator, contrast_means=contrast_means)
-            else:
-                view = op.apply(view, generator, contrast_means=contrast_means)
-        if isinstance(view, Image.Image):
-            view = pil_to_uint8(view)[None]
+            view = op.apply(view, generator, contrast_means=contrast_means)
         return normalize_uint8(view[0], self.pixel_mean, self.pixel_std)

@@ -27,7 +27,7 @@ from d2ssl.data.transforms import (
     ColorAugmentation,
     color_augmentation,
     normalize_uint8,
-    pil_to_uint8,
+    pil_to_uint8_hwc,
     random_resized_crop_box,
     resized_crop,
     to_normalized_tensor,
@@ -120,24 +120,25 @@ class JigsawClusteringMapper:
         image = read_rgb_image(dataset_dict, decode_min_side=self.decode_min_side)
         boxes = overlapping_quadrant_boxes(*image.size, self.cross_ratio)
         if isinstance(self.augmentation, ColorAugmentation):
-            crops = []
+            pixels, crops = pil_to_uint8_hwc(image), []
             for box in boxes:
                 # PIL's crop rounds a float box: the quadrant as the reference crops it.
                 left, upper, right, lower = (int(round(x)) for x in box)
                 top, left_in, h, w = random_resized_crop_box(
                     right - left, lower - upper, self.crop_scale, generator
                 )
-                crops.append(resized_crop(image, (upper + top, left + left_in, h, w), self.patch_size))
+                crops.append(resized_crop(pixels, (upper + top, left + left_in, h, w), self.patch_size))
+            crops = torch.stack(crops)
             if self.augment_on_device:
                 deferred = defer_augmentation(
                     len(crops), [(self.augmentation, None)], generator, self.pixel_mean, self.pixel_std
                 )
                 return {
-                    "patches": torch.stack([pil_to_uint8(crop) for crop in crops]),
+                    "patches": crops,
                     "image_id": dataset_dict["image_id"],
                     DEFERRED_AUGMENTATION: {"patches": deferred},
                 }
-            patches = self.augmentation.apply_pil(crops, generator)
+            patches = self.augmentation.apply(crops, generator)
             patches = normalize_uint8(patches, self.pixel_mean, self.pixel_std)
             return {"patches": patches, "image_id": dataset_dict["image_id"]}
         with torch_rng_from(generator):

@@ -21,8 +21,7 @@ from d2ssl.data.transforms import (
     ColorAugmentation,
     cut_tiles,
     normalize_uint8,
-    pil_to_uint8,
-    random_resized_crop,
+    pil_to_uint8_hwc,
     random_resized_crop_box,
     resized_crop,
     tile_corners,
@@ -118,17 +117,43 @@ class PIRLMapper:
         }
 
     def _fast_views(self, image, generator: torch.Generator, image_id) -> dict:
-        if self.augment_on_device or (self.augmentation is not None and self.augmentation.backend == "pil"):
-            return self._pil_views(image, generator, image_id)
-        view = random_resized_crop(image, self.image_size, self.image_scale, generator)[None]
-        patch_crop = random_resized_crop(image, self.patch_crop_size, self.patch_crop_scale, generator)
-        tiles = cut_tiles(patch_crop, self.grid, self.tile_size, generator)
-        tile_order = torch.randperm(self.num_tiles, generator=generator)
-        tiles = tiles[tile_order]
+        view, tiles, tile_order = self._crops(image, generator)
+        if self.augment_on_device:
+            # The loader path's next draws: the image's parameters, then the tiles'.
+            recipes = [(self.augmentation, None)] if self.augmentation is not None else []
+            mean, std = self.pixel_mean, self.pixel_std
+            return {
+                "image": view,
+                "tiles": tiles,
+                "tile_order": tile_order,
+                "image_id": image_id,
+                DEFERRED_AUGMENTATION: {
+                    "image": defer_augmentation(1, recipes, generator, mean, std),
+                    "tiles": defer_augmentation(len(tiles), recipes, generator, mean, std),
+                },
+            }
         if self.augmentation is not None:
-            view = self.augmentation.apply(view, generator)
+            view = self.augmentation.apply(view[None], generator)[0]
             tiles = self.augmentation.apply(tiles, generator)
-        return self._normalized(view[0], tiles, tile_order, image_id)
+        return self._normalized(view, tiles, tile_order, image_id)
+
+    def _crops(self, image: Image.Image, generator: torch.Generator):
+        """uint8 ``(3, S, S)`` image view, ``(T, 3, t, t)`` shuffled tiles and the tile order; every
+        draw from ``generator`` (the image's crop, the patch crop, the tile jitter, the order). Both
+        crops are ``RandomResizedCrop``'s (:func:`~d2ssl.data.transforms.resized_crop`)."""
+        pixels = pil_to_uint8_hwc(image)
+        top, left, h, w = random_resized_crop_box(image.width, image.height, self.image_scale, generator)
+        view = resized_crop(pixels, (top, left, h, w), self.image_size)
+        top, left, h, w = random_resized_crop_box(
+            image.width, image.height, self.patch_crop_scale, generator
+        )
+        size = self.patch_crop_size
+        patch_crop = resized_crop(pixels, (top, left, h, w), size)
+        corners = tile_corners(size, size, self.grid, self.tile_size, generator)
+        tile_order = torch.randperm(self.num_tiles, generator=generator)
+        t, shuffled = self.tile_size, [corners[i] for i in tile_order.tolist()]
+        tiles = torch.stack([patch_crop[:, y : y + t, x : x + t] for y, x in shuffled])
+        return view, tiles, tile_order
 
     def _normalized(self, view: torch.Tensor, tiles: torch.Tensor, tile_order: torch.Tensor, image_id):
         # uint8 (3, H, W) view and (T, 3, t, t) tiles, augmented -> the mapper's output.
@@ -138,32 +163,3 @@ class PIRLMapper:
             "tile_order": tile_order,
             "image_id": image_id,
         }
-
-    def _pil_views(self, image: Image.Image, generator: torch.Generator, image_id) -> dict:
-        # The same draws as _fast_views' tensor path; the views stay PIL images until augmented.
-        box = random_resized_crop_box(image.width, image.height, self.image_scale, generator)
-        view = resized_crop(image, box, self.image_size)
-        box = random_resized_crop_box(image.width, image.height, self.patch_crop_scale, generator)
-        patch_crop = resized_crop(image, box, self.patch_crop_size)
-        size = self.patch_crop_size
-        corners = tile_corners(size, size, self.grid, self.tile_size, generator)
-        tile_order = torch.randperm(self.num_tiles, generator=generator)
-        t = self.tile_size
-        tiles = [patch_crop.crop((x, y, x + t, y + t)) for y, x in (corners[i] for i in tile_order.tolist())]
-        if self.augment_on_device:
-            # The loader path's next draws: the image's parameters, then the tiles'.
-            recipes = [(self.augmentation, None)] if self.augmentation is not None else []
-            mean, std = self.pixel_mean, self.pixel_std
-            return {
-                "image": pil_to_uint8(view),
-                "tiles": torch.stack([pil_to_uint8(tile) for tile in tiles]),
-                "tile_order": tile_order,
-                "image_id": image_id,
-                DEFERRED_AUGMENTATION: {
-                    "image": defer_augmentation(1, recipes, generator, mean, std),
-                    "tiles": defer_augmentation(len(tiles), recipes, generator, mean, std),
-                },
-            }
-        view = self.augmentation.apply_pil([view], generator)
-        tiles = self.augmentation.apply_pil(tiles, generator)
-        return self._normalized(view[0], tiles, tile_order, image_id)

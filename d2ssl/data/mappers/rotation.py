@@ -15,6 +15,7 @@ from d2ssl.data.transforms import (
     ColorAugmentation,
     color_augmentation,
     normalize_uint8,
+    pil_to_uint8_hwc,
     random_resized_crop_box,
     resized_crop,
     to_normalized_tensor,
@@ -76,7 +77,8 @@ class RotationMapper:
         image = read_rgb_image(dataset_dict, decode_min_side=self.decode_min_side)
         if isinstance(self.augmentation, ColorAugmentation):
             box = random_resized_crop_box(image.width, image.height, self.crop_scale, generator)
-            view = self.augmentation.apply_pil([resized_crop(image, box, self.crop_size)], generator)
+            view = resized_crop(pil_to_uint8_hwc(image), box, self.crop_size)
+            view = self.augmentation.apply(view[None], generator)
             crop = normalize_uint8(view[0], self.pixel_mean, self.pixel_std)
         else:  # any PIL transform
             with torch_rng_from(generator):
