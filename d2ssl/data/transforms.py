@@ -176,9 +176,12 @@ def resize_uint8(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """uint8 ``(3, H, W)`` or ``(n, 3, H, W)`` -> uint8 resized to ``size = (h, w)`` with torch's
     antialiased bilinear filter (PIL's ``BILINEAR`` resize: the same triangle filter widened by the
     scale) in torch's vectorised uint8 kernels (``benchmarks/jigsaw_floor.py`` times both). Equal to
-    PIL's resize within 1 grey level on about 0.1% of the values (tests)."""
-    batch = images if images.dim() == 4 else images[None]
+    PIL's resize within 1 grey level on about 0.1% of the values (tests). The kernels read and write
+    channels-last pixels: the input is brought to that layout (no copy for :func:`pil_to_uint8_hwc`'s
+    tensors) and the output keeps it (``out.permute(1, 2, 0)`` is contiguous, PIL's layout)."""
+    batch = (images if images.dim() == 4 else images[None]).contiguous(memory_format=torch.channels_last)
     out = F_nn.interpolate(batch, size=size, mode="bilinear", antialias=True, align_corners=False)
+    out = out.contiguous(memory_format=torch.channels_last)  # some input shapes come back CHW
     return out if images.dim() == 4 else out[0]
 
 
@@ -187,7 +190,8 @@ def normalize_uint8(images: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) 
     (equal to :func:`to_normalized_tensor` to float32 rounding)."""
     scale = torch.tensor([1.0 / (255.0 * s) for s in std], device=images.device).view(3, 1, 1)
     shift = torch.tensor([-m / s for m, s in zip(mean, std)], device=images.device).view(3, 1, 1)
-    return torch.addcmul(shift, images.to(torch.float32), scale)
+    # Whatever the input's layout (channels-last from resize_uint8), the output is contiguous.
+    return torch.addcmul(shift, images.to(torch.float32, memory_format=torch.contiguous_format), scale)
 
 
 def uniform(generator: torch.Generator, n: int, low: float, high: float) -> torch.Tensor:
@@ -229,9 +233,10 @@ def random_resized_crop_box(
 def resized_crop(pixels: torch.Tensor, box: tuple[int, int, int, int], size: int) -> torch.Tensor:
     """``(top, left, h, w)`` region of uint8 ``(3, H, W)`` pixels (:func:`pil_to_uint8_hwc`) resized to
     uint8 ``(3, size, size)``: ``F.resized_crop`` on PIL (crop, then PIL's antialiased bilinear resize
-    of the crop) as torch's uint8 kernel (:func:`resize_uint8`, within 1 grey level of PIL's)."""
+    of the crop) as torch's uint8 kernel (:func:`resize_uint8`, within 1 grey level of PIL's), in
+    channels-last layout."""
     top, left, h, w = box
-    return resize_uint8(pixels[:, top : top + h, left : left + w], (size, size)).contiguous()
+    return resize_uint8(pixels[:, top : top + h, left : left + w], (size, size))
 
 
 @contextlib.contextmanager
@@ -723,7 +728,7 @@ class ColorAugmentation:
             if "flip" in p and p["flip"][i] and not torch_blur:
                 view = view.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
             out.append(np.asarray(view))
-        x = torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).contiguous()
+        x = torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2)  # channels-last, as resize_uint8
         if torch_blur:  # torchvision's 23-tap kernel, batched; the flip after it
             rest = {k: params[k] for k in ("blur", "sigma", "flip") if k in params}
             x = self.apply_params_torch(x, rest)

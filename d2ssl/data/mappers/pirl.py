@@ -152,7 +152,9 @@ class PIRLMapper:
         corners = tile_corners(size, size, self.grid, self.tile_size, generator)
         tile_order = torch.randperm(self.num_tiles, generator=generator)
         t, shuffled = self.tile_size, [corners[i] for i in tile_order.tolist()]
-        tiles = torch.stack([patch_crop[:, y : y + t, x : x + t] for y, x in shuffled])
+        # Stacked in the crop's channels-last layout: each tile converts to PIL without a transpose.
+        hwc = patch_crop.permute(1, 2, 0)
+        tiles = torch.stack([hwc[y : y + t, x : x + t] for y, x in shuffled]).permute(0, 3, 1, 2)
         return view, tiles, tile_order
 
     def _normalized(self, view: torch.Tensor, tiles: torch.Tensor, tile_order: torch.Tensor, image_id):
