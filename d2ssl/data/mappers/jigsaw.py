@@ -33,7 +33,7 @@ class JigsawMapper:
     original code; VISSL normalises the whole crop once, the default here).
 
     The resize is torch's antialiased bilinear on uint8 (:func:`~d2ssl.data.transforms.resize_uint8`:
-    PIL's filter, within 1 grey level of it on ~0.1% of the values, and faster); the crop is
+    PIL's filter, within 1 grey level of it on ~0.1% of the values); the crop is
     flipped (drawn before the crop in VISSL; a flipped crop at a uniform position has the same law)
     and the tiles cut from it are made grey (PIL's exact ``L`` formula) and normalised: only their
     pixels, per pixel, so equal to normalising the crop. Every parameter comes from the generator.
