@@ -7,7 +7,7 @@ import itertools
 import logging
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -122,8 +122,20 @@ def cut_tiles(
         ``(grid * grid, C, tile_size, tile_size)``.
     """
     _, height, width = image.shape
-    corners = tile_corners(height, width, grid, tile_size, generator)
-    return torch.stack([image[:, y : y + tile_size, x : x + tile_size] for y, x in corners])
+    return tiles_at(image, tile_corners(height, width, grid, tile_size, generator), tile_size)
+
+
+def tiles_at(image: torch.Tensor, corners: Sequence[tuple[int, int]], tile_size: int) -> torch.Tensor:
+    """The ``tile_size`` squares of a ``(C, S, S)`` image at ``corners`` (``(top, left)``), in that
+    order: ``(len(corners), C, tile_size, tile_size)`` in channels-last layout
+    (:func:`stack_channels_last`)."""
+    return stack_channels_last([image[:, y : y + tile_size, x : x + tile_size] for y, x in corners])
+
+
+def stack_channels_last(views: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``(C, h, w)`` views stacked as ``(n, C, h, w)`` with PIL's interleaved (channels-last) layout, so
+    that each view converts to a PIL image (:func:`uint8_to_pil`) without a transpose copy."""
+    return torch.stack([view.permute(1, 2, 0) for view in views]).permute(0, 3, 1, 2)
 
 
 def tile_corners(

@@ -16,6 +16,7 @@ from d2ssl.data.transforms import (
     pil_to_uint8_hwc,
     resize_uint8,
     tile_corners,
+    tiles_at,
     validate_permutations,
 )
 
@@ -95,8 +96,8 @@ class JigsawMapper:
         crop = resized[:, top : top + self.crop_size, left : left + self.crop_size]
         if bool(params["flip"]):
             crop = crop.flip(-1)
-        t, order = self.tile_size, self.permutations[perm_index].tolist()
-        tiles = torch.stack([crop[:, y : y + t, x : x + t] for y, x in (corners[i] for i in order)])
+        order = self.permutations[perm_index].tolist()
+        tiles = tiles_at(crop, [corners[i] for i in order], self.tile_size)
         if bool(params.get("grayscale", False)):
             tiles = grayscale(tiles)
         # Normalisation is per pixel: the tiles' pixels only, not the whole crop's (VISSL's order).

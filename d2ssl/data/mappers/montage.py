@@ -30,6 +30,7 @@ from d2ssl.data.transforms import (
     pil_to_uint8_hwc,
     random_resized_crop_box,
     resized_crop,
+    stack_channels_last,
     to_normalized_tensor,
     torch_rng_from,
 )
@@ -128,7 +129,7 @@ class JigsawClusteringMapper:
                     right - left, lower - upper, self.crop_scale, generator
                 )
                 crops.append(resized_crop(pixels, (upper + top, left + left_in, h, w), self.patch_size))
-            crops = torch.stack(crops)
+            crops = stack_channels_last(crops)  # to PIL per view without a transpose copy
             if self.augment_on_device:
                 deferred = defer_augmentation(
                     len(crops), [(self.augmentation, None)], generator, self.pixel_mean, self.pixel_std

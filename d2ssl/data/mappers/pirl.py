@@ -25,6 +25,7 @@ from d2ssl.data.transforms import (
     random_resized_crop_box,
     resized_crop,
     tile_corners,
+    tiles_at,
     to_normalized_tensor,
     torch_rng_from,
 )
@@ -151,10 +152,7 @@ class PIRLMapper:
         patch_crop = resized_crop(pixels, (top, left, h, w), size)
         corners = tile_corners(size, size, self.grid, self.tile_size, generator)
         tile_order = torch.randperm(self.num_tiles, generator=generator)
-        t, shuffled = self.tile_size, [corners[i] for i in tile_order.tolist()]
-        # Stacked in the crop's channels-last layout: each tile converts to PIL without a transpose.
-        hwc = patch_crop.permute(1, 2, 0)
-        tiles = torch.stack([hwc[y : y + t, x : x + t] for y, x in shuffled]).permute(0, 3, 1, 2)
+        tiles = tiles_at(patch_crop, [corners[i] for i in tile_order.tolist()], self.tile_size)
         return view, tiles, tile_order
 
     def _normalized(self, view: torch.Tensor, tiles: torch.Tensor, tile_order: torch.Tensor, image_id):
