@@ -37,7 +37,7 @@ def main() -> None:
     from PIL import Image
 
     from d2ssl.data.image_io import read_rgb_image
-    from d2ssl.data.transforms import pil_to_uint8_hwc, resize_uint8
+    from d2ssl.data.resize import pil_to_uint8_hwc, resize_uint8
 
     torch.set_num_threads(1)
 

@@ -95,13 +95,8 @@ def plain_pipeline(method: str):
     from PIL import Image, ImageFilter
     from torchvision import transforms as T
 
-    from d2ssl.data.transforms import (
-        IMAGENET_MEAN,
-        IMAGENET_STD,
-        color_augmentation,
-        photo_gblur_augmentation,
-        reference_color_augmentation,
-    )
+    from d2ssl.data.color import color_augmentation, photo_gblur_augmentation, reference_color_augmentation
+    from d2ssl.data.resize import IMAGENET_MEAN, IMAGENET_STD
 
     to_tensor = T.Compose([T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
@@ -183,6 +178,7 @@ def fast_pipeline(method: str, decode_min_side: int | None = None, augment_on_de
     import torch
     from torchvision import transforms as T
 
+    from d2ssl.data.color import color_augmentation, photo_gblur_augmentation
     from d2ssl.data.mappers import (
         ImageMapper,
         JigsawClusteringMapper,
@@ -190,7 +186,7 @@ def fast_pipeline(method: str, decode_min_side: int | None = None, augment_on_de
         PIRLMapper,
         RotationMapper,
     )
-    from d2ssl.data.transforms import color_augmentation, generate_permutations, photo_gblur_augmentation
+    from d2ssl.data.permutations import generate_permutations
 
     if method == "pirl":
         aug = color_augmentation((0.4, 0.4, 0.4, 0.2), 1.0, 0.2, photometric_prob=0.66)
@@ -310,7 +306,7 @@ def draft_pixel_effect(folder: str) -> dict:
     import torch
 
     from d2ssl.data.image_io import read_rgb_image
-    from d2ssl.data.transforms import pil_to_uint8, pil_to_uint8_hwc, random_resized_crop_box, resized_crop
+    from d2ssl.data.resize import pil_to_uint8, pil_to_uint8_hwc, random_resized_crop_box, resized_crop
 
     paths = sorted(os.path.join(folder, f) for f in os.listdir(folder))
     out = {}

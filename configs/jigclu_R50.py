@@ -7,9 +7,9 @@
 from detectron2.config import LazyCall as L
 
 from d2ssl.data import build_ssl_train_loader
+from d2ssl.data.color import color_augmentation
 from d2ssl.data.datasets import load_image_folder
 from d2ssl.data.mappers import JigsawClusteringMapper
-from d2ssl.data.transforms import color_augmentation
 from d2ssl.modeling import mlp_head
 from d2ssl.modeling.meta_arch import JigsawClustering
 

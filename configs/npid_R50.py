@@ -14,9 +14,9 @@ from detectron2.config import LazyCall as L
 from torchvision import transforms as T
 
 from d2ssl.data import build_ssl_train_loader
+from d2ssl.data.color import photo_gblur_augmentation
 from d2ssl.data.datasets import load_image_folder
 from d2ssl.data.mappers import ImageMapper
-from d2ssl.data.transforms import photo_gblur_augmentation
 from d2ssl.losses import NCELossWithMemory
 from d2ssl.modeling import mlp_head
 from d2ssl.modeling.meta_arch import NPID
@@ -62,8 +62,12 @@ model = L(NPID)(
         loss_weights=[1.0],
         norm_constant=-1,  # Z estimated from the first batch
         update_mem_with_emb_index=-100,  # unused: update_mem_on_forward
-        # exclude_positive: d2ssl draws negatives among the other images; False is VISSL's draw.
-        negative_sampling_params=dict(num_negatives=4096, type="random", exclude_positive=True),
+        # VISSL's draw (vissl/losses/nce_loss.py l. 290-311 at commit 09270ed: AliasMethod over uniform
+        # unigrams of all N rows, with replacement, column 0 then overwritten by the positive), so the
+        # positive can come back as a negative. exclude_positive=True draws from the other N - 1 rows
+        # instead (d2ssl's option). VISSL draws the positive K/N times per sample on average:
+        # 0.003 for K 4096 on ImageNet's 1.28M rows.
+        negative_sampling_params=dict(num_negatives=4096, type="random", exclude_positive=False),
         memory_params=dict(
             memory_size=-1,  # one row per training image
             embedding_dim=EMBEDDING_DIM,

@@ -1,18 +1,21 @@
-# RotNet (Gidaris et al. 2018) on ImageNet-1k with ResNet-50, after VISSL's
-# configs/config/pretrain/rotnet/rotnet_8gpu_resnet.yaml: random-resized crop 224 + horizontal flip,
-# head Linear(2048, 4), SGD lr 0.1 for 256 inputs per step on 8 GPUs, 105 epochs with steps at
-# 30/60/90/100 (VISSL drops its warmup on one node). IN-1k linear top-1 in VISSL's zoo: 48.2.
+# RotNet (Gidaris et al. 2018) on ImageNet-1k with ResNet-50, as VISSL ran it for its zoo number:
+# configs/config/pretrain/rotnet/rotnet_8gpu_resnet.yaml at commit 09270ed (ImgRotatePil: ONE random
+# rotation of four per image; random-resized crop 224 + horizontal flip; head Linear(2048, 4); SGD lr 0.1
+# for 256 images per step on 8 GPUs x 32, momentum 0.9, wd 1e-4 not on BatchNorm; 105 epochs, x0.1 at
+# 30/60/90/100, no warmup; SEED_VALUE 1). IN-1k linear top-1 in VISSL's MODEL_ZOO.md: 48.2 (VISSL's own
+# run rotnet_rn50_in1k_ep105_rotnet_8gpu_resnet_17_07_20).
 #
-# rotations_per_image: 4 (default) puts all four rotations of each image in the batch, as Gidaris et
-# al.; 1 draws one random rotation per image, as VISSL (configs/rotnet_R50_vissl.py). The batch is
-# counted in images: 64 images x 4 rotations = 256 trunk inputs per step, VISSL's 8 x 32, so lr 0.1
-# keeps its meaning; an epoch (one pass over the images) then costs 4x VISSL's.
+# Opt-in: configs/rotnet_R50_4rot.py puts all four rotations of each image in the batch (Gidaris et al.'s
+# code). Deviation kept (d2ssl.data.mappers.rotation.RotationMapper): VISSL rotates the whole image before
+# the crop (black corners on non-square images at 90/270 degrees) and flips after rotating (90 and 270
+# swap labels on flipped images); here the square crop is flipped, then rotated, so every label is exact.
+# Both change the training images, so they may move the number: see the mapper's docstring.
 from detectron2.config import LazyCall as L
 
 from d2ssl.data import build_ssl_train_loader
+from d2ssl.data.color import color_augmentation
 from d2ssl.data.datasets import load_image_folder
 from d2ssl.data.mappers import RotationMapper
-from d2ssl.data.transforms import color_augmentation
 from d2ssl.modeling import mlp_head
 from d2ssl.modeling.meta_arch import RotNet
 
@@ -21,7 +24,7 @@ from .common.optim import SGD as optimizer
 from .common.schedules import multistep
 from .common.train import train
 
-ROTATIONS_PER_IMAGE = 4
+ROTATIONS_PER_IMAGE = 1  # ImgRotatePil (num_rotations_per_img must be 1 in VISSL)
 NUM_ROTATIONS = 4
 
 dataloader = dict(
@@ -37,7 +40,7 @@ dataloader = dict(
             ),
             rotations_per_image=ROTATIONS_PER_IMAGE,
         ),
-        total_batch_size=256 // ROTATIONS_PER_IMAGE,
+        total_batch_size=256 // ROTATIONS_PER_IMAGE,  # images: 8 GPUs x 32 (BATCHSIZE_PER_REPLICA)
         num_workers=8,
         seed=0,
     )
@@ -51,5 +54,6 @@ model = L(RotNet)(trunk=r50_trunk(), head=L(mlp_head)(dims=[R50_FEATURE_DIM, NUM
 optimizer.lr = 0.1
 lr_multiplier = multistep(milestones=[30, 60, 90, 100], num_epochs=105)
 train.epochs = 105
-train.reference_world_size = 8  # 8 GPUs x 8 images x 4 rotations
+train.reference_world_size = 8  # 8 GPUs x 32 images x 1 rotation
+train.seed = 1  # VISSL's SEED_VALUE
 train.output_dir = "output/rotnet_R50"

@@ -1,12 +1,13 @@
 """Checks on a loaded LazyConfig that catch mistakes before any work starts.
 
 ``validate_config`` runs in ``setup_config``, before anything is built. Besides the shape of the
-``train`` section, it checks every ``L(target)(...)`` node of the config against ``target``'s
-signature: an argument the target does not take, or a value of the wrong type for an argument
-annotated ``int``/``float``/``bool``/``str`` (or ``Optional``/``Union``/``Literal`` of those),
-is a ``ConfigError`` naming the key and what is allowed. Checks that need the data set (the NCE
-memory size) run in ``do_train`` once it is loaded (``check_num_train_samples``); checks between
-several arguments of one object (a tile grid that must fit the crop) are in its constructor.
+``train`` section and the types of its scalars (``TRAIN_SCALAR_TYPES``), it checks every
+``L(target)(...)`` node of the config against ``target``'s signature: an argument the target does
+not take, or a value of the wrong type for an argument annotated ``int``/``float``/``bool``/``str``
+(or ``Optional``/``Union``/``Literal`` of those), is a ``ConfigError`` naming the key and what is
+allowed. Checks that need the data set (the NCE memory size) run in ``do_train`` once it is loaded
+(``check_num_train_samples``); checks between several arguments of one object (a tile grid that
+must fit the crop) are in its constructor.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import collections.abc
 import copy
 import inspect
 import logging
+import os
 import re
 import types
 import typing
@@ -37,6 +39,12 @@ OPTIONAL_TRAIN_KEYS = (
     "knn_monitor",
     "eval_period", "precise_bn", "channels_last",
 )
+# Types of train's scalars not checked on their own below; a wrong one would otherwise surface late
+# as a bare TypeError (``train.seed=abc``: "'<' not supported" inside detectron2's setup).
+TRAIN_SCALAR_TYPES: dict[str, Any] = {
+    "output_dir": str, "init_checkpoint": typing.Optional[str], "seed": int, "reference_world_size": int,
+    "cudnn_benchmark": bool, "channels_last": bool, "eval_period": int,
+}
 AMP_PRECISIONS = ("float16", "bfloat16")
 CHECKPOINTER_KEYS = ("period", "max_to_keep", "file_prefix")
 _DEVICE = re.compile(r"^(cpu|cuda(:\d+)?|mps)$")
@@ -59,6 +67,15 @@ def validate_config(cfg: DictConfig, config_file: str = "<config>") -> None:
         raise ConfigError(f"{config_file}: train is missing keys {missing}")
     _check_known_keys(cfg.train, "train", REQUIRED_TRAIN_KEYS + OPTIONAL_TRAIN_KEYS, config_file)
     _check_known_keys(cfg.train.checkpointer, "train.checkpointer", CHECKPOINTER_KEYS, config_file)
+    for key, value, _ in _children(cfg.train, "train"):
+        hint = TRAIN_SCALAR_TYPES.get(key)
+        if hint is not None and not _matches(value, hint):
+            raise ConfigError(
+                f"{config_file}: train.{key}={value!r} ({type(value).__name__}) has the wrong type: "
+                f"train.{key} takes {_describe(hint)}"
+            )
+    if not cfg.train.output_dir.strip():  # os.makedirs('') says only "No such file or directory"
+        raise ConfigError(f"{config_file}: train.output_dir is empty: set it to a folder")
     if "train" not in cfg.dataloader:
         raise ConfigError(f"{config_file}: dataloader.train is missing")
     _check_positive_int(cfg.train.max_iter, "train.max_iter", config_file)
@@ -112,18 +129,45 @@ DATASET_SHORTHANDS = {
 }
 
 
+def _wrapped_argument(node: Any) -> str | None:
+    """The argument of data set node ``node`` that holds the data set it derives from (declared by its
+    function with ``d2ssl.data.datasets.wraps_dataset``: ``attach_labels``' ``dataset``), or None."""
+    if not (isinstance(node, DictConfig) and "_target_" in node):
+        return None
+    from d2ssl.data.datasets import WRAPPED_DATASET_ATTRIBUTE
+
+    try:
+        target = resolve_target(node)[0]
+    except Exception:  # an unimportable target is reported by validate_config
+        return None
+    argument = getattr(target, WRAPPED_DATASET_ATTRIBUTE, None)
+    return argument if argument and isinstance(node.get(argument), DictConfig) else None
+
+
 def dataset_shorthand(value: Any, current: Any = None) -> DictConfig | None:
     """The ``L(...)`` data set node a command-line shorthand stands for, or ``None`` if ``value`` is
     not one: ``folder:PATH`` (``load_image_folder(root=PATH)``), ``list:FILE``
     (``load_image_list(list_file=FILE)``), ``catalog:NAME[,NAME...]`` (``get_dataset_dicts(names=[...])``,
     or, where ``current`` calls detectron2's ``get_detection_dataset_dicts``, that call with only its
     ``names`` changed). Otherwise the node is new: no argument of the node it replaces lingers (set
-    more with later ``key=value`` overrides)."""
+    more with later ``key=value`` overrides).
+
+    Where ``current`` derives its data from another data set (a function marked ``wraps_dataset``:
+    ClusterFit's ``attach_labels``, ``class_balanced_subset``), the shorthand replaces that inner data
+    set and the rest of ``current`` stays: the swap keeps what the node means (pseudo-labels stay
+    pseudo-labels; ``attach_labels`` then checks that its labels file was made for the new data)."""
     if not isinstance(value, str):
         return None
     kind, sep, rest = value.strip().strip("'\"").partition(":")
     if not sep or kind not in DATASET_SHORTHANDS or not rest:
         return None
+    inner = _wrapped_argument(current)
+    if inner is not None:
+        node = copy.deepcopy(current)
+        node[inner] = dataset_shorthand(value, current[inner])
+        logger.info("%s replaces the data set inside %s (its argument %r); its other arguments stay", value,
+                    _target_name(current), inner)
+        return node
     target, argument = DATASET_SHORTHANDS[kind]
     if kind == "catalog":
         now = current.get("_target_") if isinstance(current, (DictConfig, dict)) else None
@@ -135,6 +179,41 @@ def dataset_shorthand(value: Any, current: Any = None) -> DictConfig | None:
             return node
         return DictConfig({"_target_": target, argument: names})
     return DictConfig({"_target_": target, argument: rest})
+
+
+def _target_name(node: Any) -> str:
+    target = node.get("_target_") if isinstance(node, (DictConfig, dict)) else None
+    return target if isinstance(target, str) else getattr(target, "__qualname__", repr(target))
+
+
+_SPLIT_WORDS = ("train", "val", "test", "training", "validation", "eval")
+
+
+def dataset_name_of(node: Any, split: str = "") -> str:
+    """A short name of the data set node ``node`` for output files (ClusterFit's cluster files): the
+    folder of ``load_image_folder`` (``/data/photos/train`` -> ``photos_train``: a split folder keeps
+    its parent's name), the list file's stem of ``load_image_list``, the catalog names of
+    ``get_dataset_dicts`` (``fashion_mnist_train``), through nodes that wrap a data set. A trailing
+    ``_{split}`` is dropped (the output names add the split back: ``photos_train_N50_...``)."""
+    inner = _wrapped_argument(node)
+    if inner is not None:
+        return dataset_name_of(node[inner], split)
+    if not isinstance(node, (DictConfig, dict)):
+        return "dataset"
+    name = _target_name(node).rsplit(".", 1)[-1]
+    if node.get("root") is not None or node.get("list_file") is not None:
+        path = str(node.get("list_file") or node.get("root")).rstrip("/")
+        stem = os.path.basename(path)
+        stem = os.path.splitext(stem)[0] if node.get("list_file") else stem
+        parent = os.path.basename(os.path.dirname(path))
+        name = f"{parent}_{stem}" if stem.lower() in _SPLIT_WORDS and parent else stem
+    elif node.get("names") is not None:
+        names = node.names
+        name = "+".join([names] if isinstance(names, str) else [str(n) for n in names])
+    name = re.sub(r"[^A-Za-z0-9_.+-]+", "_", name).strip("_") or "dataset"
+    if split and name.endswith(f"_{split}") and len(name) > len(split) + 1:
+        name = name[: -len(split) - 1]
+    return name
 
 
 def instantiate_dataset(node: DictConfig, key: str) -> Any:

@@ -25,19 +25,19 @@ step() {  # step NAME DONE_FILE COMMAND...
 }
 
 step "1/5 RotNet pretraining" "$OUT/rotnet/model_final.pth" \
-  $PY tools/train_net.py --config-file configs/tiny/rotnet.py --num-gpus 0 train.output_dir="$OUT/rotnet"
+  $PY tools/train_net.py --config-file configs/tiny/rotnet.py --num-gpus 0 --start-over train.output_dir="$OUT/rotnet"
 step "2/5 clustering of the RotNet features" "$OUT/cluster/clustering_summary.json" \
   $PY tools/cluster_features.py --config-file configs/tiny/clusterfit_cluster.py --num-gpus 0 \
     train.weights_init.PARAMS_FILE="$OUT/rotnet/model_final.pth" clustering.NUM_CLUSTERS=$K \
     extraction.output_dir="$OUT/cluster/features" train.output_dir="$OUT/cluster"
 step "3/5 ClusterFit training on the pseudo-labels" "$OUT/clusterfit/model_final.pth" \
-  $PY tools/train_net.py --config-file configs/tiny/clusterfit.py --num-gpus 0 \
+  $PY tools/train_net.py --config-file configs/tiny/clusterfit.py --num-gpus 0 --start-over \
     dataloader.train.dataset.labels_file="$OUT/cluster/fashion_mnist_train_N${K}_faiss_lbls.npy" \
     model.head.dims="[128,$K]" train.output_dir="$OUT/clusterfit"
 for trunk in clusterfit rotnet; do
   n=$([[ $trunk == clusterfit ]] && echo 4 || echo 5)
   step "$n/5 linear benchmark of the $trunk trunk" "$OUT/linear_$trunk/model_final.pth" \
-    $PY tools/train_linear.py --config-file configs/eval/tiny/linear.py --num-gpus 0 \
+    $PY tools/train_linear.py --config-file configs/eval/tiny/linear.py --num-gpus 0 --start-over \
       train.weights_init.PARAMS_FILE="$OUT/$trunk/model_final.pth" train.output_dir="$OUT/linear_$trunk"
 done
 

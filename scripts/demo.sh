@@ -21,7 +21,9 @@ export PYTHONWARNINGS=ignore
 # One intra-op thread per process: the same numbers on every machine size, and no oversubscription
 # (two lanes on two cores; 8 threads on 2 busy cores ran 40x slower).
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} MKL_NUM_THREADS=${MKL_NUM_THREADS:-1}
-TRAIN=("$PY" tools/train_net.py --num-gpus 0)
+# --start-over: a step left unfinished (interrupted) starts again from scratch, its files moved to
+# <step folder>/previous_runs/ (a finished step is skipped, see step below).
+TRAIN=("$PY" tools/train_net.py --num-gpus 0 --start-over)
 
 step() {  # step NAME DONE_FILE COMMAND...: runs COMMAND unless DONE_FILE exists
   local name=$1 done_file=$2; shift 2
@@ -67,7 +69,8 @@ pretrain_pirl_rotnet() {
 
 # The evaluation of benchmarks/pretraining_vs_random.py: the first 10,000 training and 2,000 test photos
 # at the size the method pretrained at, average-pooled res4 (VISSL judges Jigsaw/RotNet trunks layer by
-# layer), the fast linear path's best of 16 cells and NPID's weighted kNN (k 20).
+# layer), the fast linear path's 16 cells (the one with the best top-1 on 10% of every training class,
+# held out from training, is selected; its test top-1 is reported) and NPID's weighted kNN (k 20).
 evaluate() {  # evaluate NAME IMAGE_SIZE CHECKPOINT ("" = random trunk from train.seed=0)
   local name=$1 size=$2 checkpoint=$3 dir="$OUT/eval/$1"
   step "evaluating $name (${size} px)" "$dir/linear_grid.json" eval_steps "$dir" "$size" "$checkpoint"
@@ -99,7 +102,7 @@ evaluate_32px() {
 # images, the box AP moved by 4-8 points with the seed alone, more than any trunk differed from random
 # (detection_seed_spread_finetune300_cpu.json); in this setting the pretrained trunks' worst seeds beat
 # the random trunk's best.
-DETECTION=("$PY" tools/train_detection.py --num-gpus 0 --config-file configs/detection/tiny/faster_rcnn_FPN_pasted_coco.py
+DETECTION=("$PY" tools/train_detection.py --num-gpus 0 --start-over --config-file configs/detection/tiny/faster_rcnn_FPN_pasted_coco.py
            dataloader.train.dataset.names.num_images=512 dataloader.test.dataset.names.num_images=256 train.seed=0
            model.backbone.bottom_up.freeze_at=5 train.max_iter=600
            'lr_multiplier.scheduler.milestones=[480,560]' lr_multiplier.scheduler.num_updates=600)

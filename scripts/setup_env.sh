@@ -35,6 +35,11 @@ have() { "$PY" -c "$1" >/dev/null 2>&1; }
 
 step "torch==$TORCH_VERSION torchvision==$TORCHVISION_VERSION"
 if ! have "import torch, torchvision, sys; sys.exit(not (torch.__version__.split('+')[0]=='$TORCH_VERSION' and torchvision.__version__.split('+')[0]=='$TORCHVISION_VERSION'))"; then
+  # PyPI's Linux torch wheel carries the CUDA libraries (about 5 GB installed), also on a CPU-only
+  # machine. Where download.pytorch.org is reachable, pre-install the CPU build into the venv first
+  # (pip install torch==$TORCH_VERSION torchvision==$TORCHVISION_VERSION --index-url
+  # https://download.pytorch.org/whl/cpu): this step accepts any build of the pinned versions.
+  step "  installing from PyPI: the CUDA build, about 5 GB, even on a CPU-only machine (see the comment above)"
   "${PIP[@]}" "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION" || fail "pip install torch/torchvision"
 fi
 
@@ -94,7 +99,7 @@ if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
       || fail "apt-get install dataset-fashion-mnist"
   else
     echo "[setup]   not root or no apt-get: run 'sudo apt-get install -y dataset-fashion-mnist'" >&2
-    echo "[setup]   (the demo falls back to scikit-learn's digits)" >&2
+    echo "[setup]   (the demo and the tests that use real photos need it; they stop naming the package if it is missing)" >&2
   fi
 fi
 

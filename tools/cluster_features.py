@@ -7,8 +7,9 @@
     python tools/cluster_features.py --config-file ... clustering.FEATURES.EXTRACT=False \
         clustering.FEATURES.PATH=output/features clustering.NUM_CLUSTERS=1000   # re-cluster cached features
 
-Features are extracted by every process (one shard each); k-means runs in the main one (faiss on the GPU
-with faiss-gpu). Outputs: see d2ssl.evaluation.clustering.
+Features are extracted by every process (one shard each), or reused when their weights, data and view
+digests match (d2ssl.evaluation.features); k-means runs in the main one (faiss on the GPU with
+faiss-gpu). Outputs, written atomically: see d2ssl.evaluation.clustering.
 """
 
 from d2ssl.engine.launch import launch_from_command_line

@@ -21,7 +21,8 @@ def cli() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("input", help="checkpoint to read (any iopath URI)")
+    parser.add_argument("input", help="checkpoint to read: any iopath URI, or zoo:<name> (a published "
+                                      "checkpoint; python tools/zoo.py lists them)")
     parser.add_argument("output", help="file to write (.pkl for detectron2)")
     parser.add_argument("--to", required=True, choices=EXPORT_FORMATS)
     parser.add_argument("--state-dict-key-name", default=None,

@@ -1,12 +1,16 @@
 #!/usr/bin/env python
-"""Splits a labelled data set by fixed ratios per class, from a seed, into list files (one image name a
-line) that ``subset_from_list`` / ``L(load_image_list)`` read back, so the same split serves every run.
+"""Splits a labelled data set by fixed ratios per class, from a seed, into list files that
+``dataloader.<split>.dataset=list:FILE`` loads with their labels (``PATH LABEL`` lines, paths relative to
+the data set's root, sub-folders kept; ``split.json`` beside them records the root, ``classes.txt`` the
+class names) and ``subset_from_list`` reads back, so the same split serves every run.
 
     python tools/split_dataset.py --dataset folder:/data/flowers --output-dir splits/flowers   # 70/15/15
     python tools/split_dataset.py --dataset fashion_mnist_train --ratios 0.9 0.1 --seed 1 --output-dir ...
     python tools/split_dataset.py --dataset list:all.txt --ratios 0.8 0.1 0.1 --names a b c --output-dir ...
 
-Writes {output-dir}/train.txt, val.txt, test.txt (or --names) and prints their paths.
+Writes {output-dir}/train.txt, val.txt, test.txt (or --names), split.json and classes.txt, and prints the
+lists' paths; then, e.g., ``dataloader.train.dataset=list:{output-dir}/train.txt``. (Images held in memory,
+such as Fashion-MNIST, have no path: their lists name image ids, for ``subset_from_list`` only.)
 """
 
 import argparse

@@ -14,7 +14,13 @@ Full linear benchmark per trial (parameters are config keys; trailing key=value 
         --param optimizer.lr=1:30:log --param dataloader.train.total_batch_size=256,512 --sampler grid \
         train.weights_init.PARAMS_FILE=output/jigclu_R50/model_final.pth
 
-Writes trials.csv, trials.json and sweep.png to --output-dir.
+Trials are compared on a validation split, never on the reported one: fast path, --val-fraction of every
+training class held out (or an extracted --val-split); full benchmark, the config's dataloader.val or
+--val-fraction of its training data. The test top-1 of every trial is reported beside it.
+A study in --output-dir is continued only for the same features (meta files' digests) or config, search
+space and validation split; anything else is refused: use another --output-dir or --study-name.
+
+Writes trials.csv, trials.json (selected_on, scored_on, the selected trial) and sweep.png to --output-dir.
 """
 
 import argparse
@@ -44,7 +50,12 @@ if __name__ == "__main__":
     parser.add_argument("--study-name", default="sweep")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tracker", choices=TRACKERS, default=None, help="also log trials there (off)")
-    parser.add_argument("--val-split", default="test", help="fast path: the split accuracy is measured on")
+    parser.add_argument("--test-split", default="test", help="fast path: the reported split (never selected)")
+    parser.add_argument("--val-split", default=None,
+                        help="fast path: an extracted split to select on (default: hold out --val-fraction)")
+    parser.add_argument("--val-fraction", type=float, default=0.1,
+                        help="fraction of every training class held out to compare trials on")
+    parser.add_argument("--val-seed", type=int, default=0, help="fast path: seed of the held-out rows")
     parser.add_argument("--layer", default="res5", help="fast path")
     parser.add_argument("--epochs", type=int, default=100, help="fast path, unless swept")
     parser.add_argument("--batch-size", type=int, default=256, help="fast path, unless swept")
@@ -54,11 +65,13 @@ if __name__ == "__main__":
     with reporting_errors(debug=args.debug):
         if args.features_dir:
             objective = cached_features_objective(
-                args.features_dir, val_split=args.val_split, layer=args.layer, epochs=args.epochs,
-                batch_size=args.batch_size, seed=args.seed,
+                args.features_dir, test_split=args.test_split, layer=args.layer, epochs=args.epochs,
+                batch_size=args.batch_size, seed=args.seed, val_split=args.val_split,
+                val_fraction=args.val_fraction, val_seed=args.val_seed,
             )
         else:
-            objective = linear_benchmark_objective(args.config_file, args.overrides, args.output_dir)
+            objective = linear_benchmark_objective(args.config_file, args.overrides, args.output_dir,
+                                                   val_fraction=args.val_fraction)
         run_sweep(objective, args.param, args.output_dir, n_trials=args.n_trials, sampler=args.sampler,
                   study_name=args.study_name, seed=args.seed, grid_points=args.grid_points,
                   tracker=args.tracker)

@@ -20,12 +20,14 @@ train.weights_init.PARAMS_FILE = ""  # the trunk to cluster with: any layout d2s
 train.output_dir = "output/cluster_features_R50"
 extraction.output_dir = "output/cluster_features_R50/features"
 
-# VISSL's CLUSTERFIT section, same names and defaults; SEED, L2_NORMALIZE and USE_GPU are d2ssl's
-# (VISSL always L2-normalises, uses faiss's default seed 1234 and the CPU faiss it was built with).
+# VISSL's CLUSTERFIT section, same names and values (cluster_features_resnet_8gpu_imagenet.yaml l. 63-75 at
+# commit 09270ed); SEED, L2_NORMALIZE and USE_GPU are d2ssl's: VISSL always L2-normalises, passes no seed to
+# faiss.Kmeans (tools/cluster_features_and_label.py l. 102-104), so faiss's default 1234, and uses the GPU
+# when torch sees one.
 clustering = dict(
     NUM_CLUSTERS=16000,
     N_ITER=50,
-    SEED=0,
+    SEED=1234,  # faiss's default, what VISSL ran
     L2_NORMALIZE=True,
     USE_GPU=None,  # None: faiss on the GPU when faiss-gpu sees one (pip install -e '.[gpu]'), else the CPU
     OUTPUT_DIR="",  # empty: train.output_dir
@@ -39,6 +41,8 @@ clustering = dict(
         TEST_PARTITION="test",  # null: no held-out assignment (VISSL: TEST)
         DATASET_NAME="imagenet1k",  # prefix of the output files, as VISSL's
         LAYER_NAME="res5",
-        DIMENSIONALITY_REDUCTION=0,  # PCA output dims (faiss PCAMatrix), 0: none
+        # Whitening PCA output dims after the L2 normalisation, not renormalised (VISSL's vissl/utils/pca.py,
+        # d2ssl.evaluation.clustering.WhiteningPCA), 0: none, as the published run.
+        DIMENSIONALITY_REDUCTION=0,
     ),
 )

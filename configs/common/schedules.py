@@ -4,12 +4,25 @@ maps iteration / max_iter onto them), so overriding train.epochs or max_iter kee
 import math
 
 from detectron2.config import LazyCall as L
+from detectron2.solver import WarmupParamScheduler
 from fvcore.common.param_scheduler import CosineParamScheduler, MultiStepParamScheduler
 
 
 def multistep(milestones, num_epochs, gamma=0.1):
     values = [gamma**i for i in range(len(milestones) + 1)]
     return L(MultiStepParamScheduler)(values=values, milestones=list(milestones), num_updates=num_epochs)
+
+
+def warmup_multistep(milestones, num_epochs, warmup_epochs, warmup_factor):
+    """Linear warm-up from ``warmup_factor`` x lr to lr over ``warmup_epochs`` (stepped every iteration),
+    then a multistep. (Not VISSL's warm-up rule: see d2ssl.engine.schedules.vissl_warmup_multistep.)"""
+    return L(WarmupParamScheduler)(
+        scheduler=multistep(milestones=milestones, num_epochs=num_epochs),
+        warmup_factor=warmup_factor,
+        warmup_length=warmup_epochs / num_epochs,
+        warmup_method="linear",
+        rescale_interval=False,
+    )
 
 
 def cosine(end_value=0.0):

@@ -2,8 +2,9 @@
 # plus the keys d2ssl adds: epochs, seed, reference_world_size).
 from detectron2.config import LazyCall as L
 
-from d2ssl.data.datasets import get_dataset_dicts
 from d2ssl.data.mappers.classification import ClassificationMapper
+from d2ssl.data.splits import knn_monitor_part
+from d2ssl.evaluation.knn_monitor import build_knn_monitor
 
 train = dict(
     output_dir="./output",
@@ -37,11 +38,12 @@ train = dict(
     checkpointer=dict(period=5000, max_to_keep=5),
     log_period=20,
     # kNN top-1 of the trunk's features on a small labelled subset, logged as knn_top1 every `period`
-    # iterations (d2ssl.engine.hooks.KNNMonitor, NPID's weighted kNN: k 200, temperature 0.07).
+    # iterations (d2ssl.evaluation.knn_monitor.KNNMonitor, NPID's weighted kNN: k 200, temperature 0.07).
     # period 0: off. memory (images that vote), queries (images classified), mapper: L(...) calls;
-    # knn_monitor_on() below fills them.
-    knn_monitor=dict(period=0, memory=None, queries=None, mapper=None, k=200, temperature=0.07, layer="res5",
-                     batch_size=256),
+    # knn_monitor_on() below fills them. A lazy call, so that the training loop builds it without
+    # importing d2ssl.evaluation.
+    knn_monitor=L(build_knn_monitor)(period=0, memory=None, queries=None, mapper=None, k=200,
+                                     temperature=0.07, layer="res5", batch_size=256),
     device="cuda",
     seed=0,
     # Number of processes the batch size and lr below are written for; on another number of GPUs the
@@ -57,14 +59,16 @@ def on_cpu_for_minutes(train, output_dir: str, max_iter: int = 200) -> None:
     train.checkpointer.period = 100
 
 
-def knn_monitor_on(train, memory: str, queries: str, num_memory: int, num_queries: int, image_size: int,
-                   period: int) -> None:
-    """Turns the kNN monitor on: the first ``num_memory`` images of registered data set ``memory``
-    vote for the first ``num_queries`` of ``queries``, seen at ``image_size`` (shorter side resize and
-    centre crop, as d2ssl.data.mappers.ClassificationMapper's test view)."""
+def knn_monitor_on(train, num_memory: int, num_queries: int, image_size: int, period: int) -> None:
+    """Turns the kNN monitor on: ``num_memory`` labelled images of the training data set vote for
+    ``num_queries`` others held out from them (d2ssl.data.splits.knn_monitor_part, seed 0: the same images
+    whatever train.seed), seen at ``image_size`` (shorter side resize and centre crop, as
+    d2ssl.data.mappers.ClassificationMapper's test view). Both follow dataloader.train.dataset, so
+    ``dataloader.train.dataset=folder:PATH`` scores the monitor on PATH's images (off, with a log line,
+    if they have no labels). The labels are used only to score, never to train."""
     train.knn_monitor.update(
         period=period,
-        memory=L(get_dataset_dicts)(names=memory, limit=num_memory),
-        queries=L(get_dataset_dicts)(names=queries, limit=num_queries),
+        memory=L(knn_monitor_part)(dataset="${dataloader.train.dataset}", part="memory", limit=num_memory),
+        queries=L(knn_monitor_part)(dataset="${dataloader.train.dataset}", part="queries", limit=num_queries),
         mapper=L(ClassificationMapper)(train=False, resize_size=image_size, crop_size=image_size),
     )

@@ -43,12 +43,18 @@ dataloader = dict(
         num_workers=8,
     ),
     evaluator=L(ClassificationEvaluator)(topk=(1, 5)),
+    # Model selection (d2ssl.evaluation.linear): the reported numbers are the last evaluation's on
+    # dataloader.test. main_lincls.py keeps its "best" acc1 on its val loader, ImageNet val, the very split
+    # it reports (optimistic); here model_best.pth is selected only on a validation split: a data set node
+    # (dataset=..., evaluated with the test loader's view) or fraction=0.1 held out of every training class
+    # from seed. Neither (the reference's setting): no model_best.pth, the "best" is labelled optimistic.
+    val=dict(dataset=None, fraction=0.0, seed=0),
 )
 
 model = L(TrunkClassifier)(
     trunk=r50_trunk(),
     heads={"fc": dict(feature="res5", pool=None, use_bn=False, init_std=0.01)},
-    num_classes=1000,
+    num_classes=1000,  # checked against the labels; null takes it from them (resolve_num_classes)
     input_size=224,
     freeze_trunk=True,
 )

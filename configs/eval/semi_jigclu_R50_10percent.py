@@ -7,10 +7,11 @@
 #   dataloader.train.dataset = L(class_balanced_subset)(dataset=..., fraction=0.1, seed=0)
 # JigClu's published top-1: 63.0 (10 %), 40.7 (1 %).
 #
-# Difference from the reference, on purpose: main_semi.py's adjust_learning_rate writes args.lr into
-# every param group at each epoch, so its --lr-last-layer only lasts until the first epoch starts; here
-# the last layer keeps its own rate (LastLayerLrFactor) under the schedule, as the flag intends. Set
-# optimizer.params.lr_factor_func.factor=1 to train the last layer at the trunk's rate as the code did.
+# The last layer trains at the trunk's rate, as the reference code did: main_semi.py (commit 1490f3b)
+# puts --lr-last-layer on the fc's param group (l. 249-263), but adjust_learning_rate (l. 559-568, the
+# second definition, which wins) writes args.lr * decay into every param group, and it runs at the start
+# of every epoch, epoch 0 included (l. 341-344): the fc never trained at 0.2. The rates the flag names
+# (fc at 0.2 / 0.01 = 20 x the trunk's) are an option: semi_jigclu_R50_10percent_lastlayer_lr.py.
 from detectron2.config import LazyCall as L
 
 from d2ssl.data.datasets import load_image_folder
@@ -32,7 +33,8 @@ model.trunk.norm = "SyncBN"  # --syncbn (apex's in JigClu); "BN" on one process
 
 optimizer.update(lr=0.01, weight_decay=0.0, momentum=0.9)
 optimizer.params.base_lr = "${optimizer.lr}"  # lr_factor_func needs it; follows lr scaling and overrides
-optimizer.params.lr_factor_func = L(LastLayerLrFactor)(factor=0.2 / 0.01, prefix="heads.")
+# factor 1: what main_semi.py ran (see the header); the _lastlayer_lr configs set --lr-last-layer / --lr.
+optimizer.params.lr_factor_func = L(LastLayerLrFactor)(factor=1.0, prefix="heads.")
 lr_multiplier = multistep(milestones=[30, 60, 90], num_epochs=100)
 
 train.epochs = 100

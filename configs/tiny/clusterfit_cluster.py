@@ -19,4 +19,6 @@ train.weights_init.PARAMS_FILE = "output/tiny_rotnet/model_final.pth"
 train.output_dir = OUTPUT_DIR
 extraction.output_dir = f"{OUTPUT_DIR}/features"
 clustering.NUM_CLUSTERS = NUM_CLUSTERS
-clustering.FEATURES.DATASET_NAME = "fashion_mnist"
+# Empty: the output files are named after dataloader.train.dataset (fashion_mnist_train_N50_...; after
+# dataloader.train.dataset=folder:/x/photos/train, photos_train_N50_...), d2ssl.config.dataset_name_of.
+clustering.FEATURES.DATASET_NAME = ""

@@ -20,9 +20,9 @@ model.cluster_head.dims = [TINY_FEATURE_DIM, TINY_FEATURE_DIM, 32]
 model.location_head.dims = [TINY_FEATURE_DIM, NUM_POSITIONS]
 
 on_cpu_for_minutes(train, output_dir="output/tiny_jigclu")
-# kNN top-1 (NPID's weighted kNN) of 300 training photos voting for 200 test photos, seen at the
-# pretraining's 32 px, logged as knn_top1 at iterations 100 and 200.
-knn_monitor_on(train, "fashion_mnist_train", "fashion_mnist_test", num_memory=300, num_queries=200,
-               image_size=32, period=100)
+# kNN top-1 (NPID's weighted kNN) of 300 labelled training images voting for 200 others held out
+# from them, drawn from whatever dataloader.train.dataset is (a folder: swap carries through), seen at
+# the pretraining's 32 px, logged as knn_top1 at iterations 100 and 200.
+knn_monitor_on(train, num_memory=300, num_queries=200, image_size=32, period=100)
 # max_iter is short of an epoch: spread 10 cosine steps over the run instead of 200.
 lr_multiplier = cosine_per_epoch(10)

@@ -25,8 +25,8 @@ model.head.num_tiles = GRID * GRID
 
 optimizer.lr = 0.05
 on_cpu_for_minutes(train, output_dir="output/tiny_jigsaw")
-# kNN top-1 (NPID's weighted kNN) of 300 training photos voting for 200 test photos, seen at the
-# pretraining's 64 px, logged as knn_top1 at iterations 100 and 200.
-knn_monitor_on(train, "fashion_mnist_train", "fashion_mnist_test", num_memory=300, num_queries=200,
-               image_size=64, period=100)
+# kNN top-1 (NPID's weighted kNN) of 300 labelled training images voting for 200 others held out
+# from them, drawn from whatever dataloader.train.dataset is (a folder: swap carries through), seen at
+# the pretraining's 64 px, logged as knn_top1 at iterations 100 and 200.
+knn_monitor_on(train, num_memory=300, num_queries=200, image_size=64, period=100)
 lr_multiplier = multistep(milestones=[80], num_epochs=100)  # x0.1 for the last fifth

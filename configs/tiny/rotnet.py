@@ -11,6 +11,7 @@ from ..rotnet_R50 import NUM_ROTATIONS, dataloader, model, optimizer, train
 
 dataloader.train.dataset = L(get_dataset_dicts)(names="fashion_mnist_train")
 dataloader.train.mapper.update(crop_size=64, crop_scale=(0.5, 1.0))  # 8% of a 28 px photo is a smudge
+dataloader.train.mapper.rotations_per_image = NUM_ROTATIONS  # rotnet_R50.py draws one (VISSL's)
 dataloader.train.total_batch_size = 16
 dataloader.train.num_workers = 0
 
@@ -19,8 +20,8 @@ model.head.dims = [TINY_FEATURE_DIM, NUM_ROTATIONS]
 
 optimizer.lr = 0.05
 on_cpu_for_minutes(train, output_dir="output/tiny_rotnet")
-# kNN top-1 (NPID's weighted kNN) of 300 training photos voting for 200 test photos, seen at the
-# pretraining's 64 px, logged as knn_top1 at iterations 100 and 200.
-knn_monitor_on(train, "fashion_mnist_train", "fashion_mnist_test", num_memory=300, num_queries=200,
-               image_size=64, period=100)
+# kNN top-1 (NPID's weighted kNN) of 300 labelled training images voting for 200 others held out
+# from them, drawn from whatever dataloader.train.dataset is (a folder: swap carries through), seen at
+# the pretraining's 64 px, logged as knn_top1 at iterations 100 and 200.
+knn_monitor_on(train, num_memory=300, num_queries=200, image_size=64, period=100)
 lr_multiplier = multistep(milestones=[80], num_epochs=100)  # x0.1 for the last fifth

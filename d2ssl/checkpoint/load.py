@@ -23,7 +23,9 @@ from tabulate import tabulate
 from torch import nn
 
 from d2ssl.checkpoint.layouts import TrunkWeights, UnknownLayoutError, as_tensor, find_trunk
-from d2ssl.utils.safe_io import CorruptFileError, UnsafeFileError, load_weights_file
+from d2ssl.checkpoint.zoo import ZooError, is_zoo_name, local_zoo_file
+from d2ssl.utils.errors import summarize
+from d2ssl.utils.safe_io import CorruptFileError, UnsafeFileError, load_weights_file, not_a_file_message
 
 logger = logging.getLogger("d2ssl")
 
@@ -45,14 +47,20 @@ def read_checkpoint(path: str, allow_pickle: bool = False) -> Any:
     The file's integrity is checked first (``d2ssl.utils.safe_io.verify_integrity``). Only tensors,
     numpy arrays and plain containers are unpickled; files that also hold other Python objects (some
     VISSL and MoCo checkpoints) are refused naming what they hold, unless ``allow_pickle``, which
-    runs whatever code the file's pickle holds: only for files you trust.
+    runs whatever code the file's pickle holds: only for files you trust. ``zoo:<name>`` is a
+    published checkpoint, downloaded and checked by ``d2ssl.checkpoint.zoo``.
     """
+    if is_zoo_name(path):  # the one place every weights path is opened: zoo names work everywhere
+        try:
+            path = local_zoo_file(path)
+        except ZooError as e:
+            raise WeightsLoadError(str(e)) from e
     try:
         local = PathManager.get_local_path(path)
     except Exception as e:  # noqa: BLE001  (iopath raises many types for unreachable URIs)
         raise WeightsLoadError(f"cannot fetch weights file {path!r}: {e}") from e
     if not os.path.isfile(local):
-        raise WeightsLoadError(f"weights file {path!r} does not exist")
+        raise WeightsLoadError(not_a_file_message(local).replace(local, path))
     try:
         # The local copy of a remote file: iopath handlers need not implement open().
         return load_weights_file(local, allow_pickle)
@@ -60,8 +68,8 @@ def read_checkpoint(path: str, allow_pickle: bool = False) -> Any:
         raise WeightsLoadError(str(e).replace(local, path)) from e
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
         raise WeightsLoadError(
-            f"cannot read weights file {path!r}: {type(e).__name__}: {str(e)[:300]}; the file is truncated, "
-            f"corrupted or not a checkpoint"
+            f"cannot read weights file {path!r}: {type(e).__name__}: {summarize(str(e))}; the file is "
+            f"truncated, corrupted or not a checkpoint"
         ) from e
 
 
@@ -300,3 +308,24 @@ def load_weights_init(model: nn.Module, weights_init: Mapping[str, Any] | None) 
         append_prefix=weights_init.get("APPEND_PREFIX") or None,
         allow_pickle=bool(weights_init.get("ALLOW_PICKLE", False)),
     )
+
+
+def check_one_trunk_source(train: Mapping[str, Any] | None) -> None:
+    """Raises ``ValueError`` when a config's ``train`` section names its starting weights twice:
+    ``train.weights_init.PARAMS_FILE`` and ``train.init_checkpoint`` both non-empty.
+
+    One rule for every tool (training, linear benchmarks, feature extraction, clustering): which
+    of the two won used to depend on the tool (extraction loaded PARAMS_FILE and recorded
+    init_checkpoint; training loaded PARAMS_FILE, then let init_checkpoint overwrite it), so a
+    number could come from other weights than the ones a run reports."""
+    if not train:
+        return
+    weights_init = train.get("weights_init") or {}
+    params_file = weights_init.get("PARAMS_FILE") or ""
+    init_checkpoint = train.get("init_checkpoint") or ""
+    if params_file and init_checkpoint:
+        raise ValueError(
+            f"train.weights_init.PARAMS_FILE={params_file!r} and train.init_checkpoint={init_checkpoint!r} "
+            f"are both set, and only one can give the starting weights: keep one and clear the other on the "
+            f"command line (train.init_checkpoint= or train.weights_init.PARAMS_FILE=)"
+        )

@@ -14,9 +14,11 @@ Built-in registrations (data folder overridable with ``$D2SSL_DATASETS_FASHION_M
 from __future__ import annotations
 
 import gzip
+import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
@@ -33,6 +35,23 @@ FASHION_MNIST_CLASSES = (
 
 class DatasetError(ValueError):
     """A data set cannot be used: the message names the path, file or key at fault."""
+
+
+_F = TypeVar("_F", bound=Callable)
+WRAPPED_DATASET_ATTRIBUTE = "wrapped_dataset_argument"
+
+
+def wraps_dataset(argument: str) -> Callable[[_F], _F]:
+    """Declares that a data set function derives its data set from its argument ``argument`` (another
+    data set): pseudo-labels attached, a subset, a split part. A command-line shorthand
+    (``dataloader.train.dataset=folder:PATH``, ``d2ssl.config.dataset_shorthand``) then replaces that
+    argument, not the node, so what the node adds (ClusterFit's pseudo-labels, a 1 % subset) stays."""
+
+    def mark(function: _F) -> _F:
+        setattr(function, WRAPPED_DATASET_ATTRIBUTE, argument)
+        return function
+
+    return mark
 
 
 def load_image_folder(root: str, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> list[dict]:
@@ -90,26 +109,120 @@ def read_list_file(list_file: str, what: str = "list file") -> list[str]:
     return lines
 
 
-def load_image_list(list_file: str, root: str = "", labels_file: str | None = None) -> list[dict]:
-    """Reads a list file (one image path per line, relative to ``root``), with optional labels.
+# Written beside the list files by tools/split_dataset.py (d2ssl.data.splits.write_dataset_split): the
+# root the paths are relative to and the class names of the labels, so ``list:FILE`` needs nothing else.
+SPLIT_RECORD = "split.json"
 
-    ``labels_file`` is a ``.npy`` array with one integer per line of ``list_file`` (e.g. ClusterFit
-    pseudo-labels).
+
+def parse_list_line(line: str) -> tuple[str, int | None]:
+    """``(path, label)`` of a list-file line: ``PATH`` (label None) or ``PATH LABEL`` (an integer after
+    the last blank, the format tools/split_dataset.py writes; paths may hold blanks)."""
+    fields = line.rsplit(None, 1)
+    head, tail = (fields[0], fields[1]) if len(fields) == 2 else ("", line)
+    if head.strip() and tail.lstrip("-").isdigit():
+        return head.strip(), int(tail)
+    return line, None
+
+
+def split_record(list_file: str) -> dict | None:
+    """The ``split.json`` tools/split_dataset.py wrote beside ``list_file`` if it lists that file, else
+    None."""
+    path = os.path.join(os.path.dirname(list_file), SPLIT_RECORD)
+    if not PathManager.isfile(path):
+        return None
+    with PathManager.open(path) as f:
+        record = json.load(f)
+    return record if os.path.basename(list_file) in record.get("lists", []) else None
+
+
+def load_image_list(list_file: str, root: str = "", labels_file: str | None = None) -> list[dict]:
+    """Reads a list file: one image a line, ``PATH`` or ``PATH LABEL`` (an integer class index; every
+    line alike), paths relative to ``root``.
+
+    ``root`` empty: the root recorded in the ``split.json`` that tools/split_dataset.py writes beside
+    its lists, else the paths as written. ``labels_file`` is a ``.npy`` array with one integer per line
+    of ``list_file`` (e.g. ClusterFit pseudo-labels); it replaces the labels of the lines.
     """
-    paths = read_list_file(list_file, "image list file")
-    dicts = [{"file_name": os.path.join(root, p) if root else p, "image_id": i} for i, p in enumerate(paths)]
+    lines = read_list_file(list_file, "image list file")
+    entries = [parse_list_line(line) for line in lines]
+    labelled = [label is not None for _, label in entries]
+    if any(labelled) and not all(labelled):
+        first = lines[labelled.index(not labelled[0])]
+        raise DatasetError(
+            f"image list file {list_file!r}: some lines end with an integer label and some do not (first "
+            f"odd line: {first!r}); write 'PATH LABEL' on every line or 'PATH' on every line"
+        )
+    if not root:
+        record = split_record(list_file)
+        root = record["root"] if record else ""
+        if root:
+            logger.info("%s: paths relative to %s (%s beside it)", list_file, root, SPLIT_RECORD)
+    dicts = []
+    for i, (path, label) in enumerate(entries):
+        d = {"file_name": os.path.join(root, path) if root else path, "image_id": i}
+        if label is not None:
+            if label < 0:
+                raise DatasetError(f"image list file {list_file!r}: line {lines[i]!r} has a negative label")
+            d["label"] = label
+        dicts.append(d)
     if labels_file:
         dicts = attach_labels(dicts, labels_file, dataset_name=repr(list_file))
     return dicts
 
 
+def labels_record_path(labels_file: str) -> str:
+    """The record beside a labels file (``x_lbls.npy`` -> ``x_lbls.json``): which data set it labels."""
+    return os.path.splitext(labels_file)[0] + ".json"
+
+
+def write_labels_record(labels_file: str, dataset_digest: str, num_images: int, num_classes: int,
+                        dataset_name: str) -> None:
+    """Records beside ``labels_file`` the digest of the data set it labels (``dataset_digest`` of
+    ``d2ssl.evaluation.features``) and its class count, which ``attach_labels`` and
+    ``num_classes_of_labels`` read back."""
+    from d2ssl.utils.safe_io import atomic_write
+
+    record = {"dataset_digest": dataset_digest, "num_images": int(num_images),
+              "num_classes": int(num_classes), "dataset_name": dataset_name}
+    atomic_write(labels_record_path(labels_file), lambda f: json.dump(record, f, indent=2), mode="w")
+
+
+def _labels_record(labels_file: str) -> dict | None:
+    path = labels_record_path(labels_file)
+    if not PathManager.isfile(path):
+        return None
+    with PathManager.open(path) as f:
+        return json.load(f)
+
+
+def num_classes_of_labels(labels_file: str, default: int | None = None) -> int:
+    """The class (cluster) count of a labels file: its record's (k-means may leave the last clusters
+    empty), else the largest label + 1. ``default`` is returned only when the file does not exist yet,
+    so a model can be built before step 1 ran; training then stops at ``attach_labels``, which needs
+    the file."""
+    record = _labels_record(labels_file)
+    if record is not None:
+        return int(record["num_classes"])
+    if not PathManager.isfile(labels_file):
+        if default is None:
+            raise DatasetError(f"labels file {labels_file!r} does not exist: cannot read its class count")
+        return int(default)
+    with PathManager.open(labels_file, "rb") as f:
+        labels = np.load(f, allow_pickle=False)
+    return int(labels.max()) + 1 if labels.size else 0
+
+
+@wraps_dataset("dataset")
 def attach_labels(dataset: list[dict], labels_file: str, dataset_name: str = "the data set") -> list[dict]:
     """VISSL's ``LABEL_PATHS``: ``dataset`` with the ``label`` of image ``i`` set to entry ``i`` of
     ``labels_file``, a ``.npy`` array of ``(N,)`` integers in data set order (ClusterFit's pseudo-labels
     from ``tools/cluster_features.py``); -1 marks an image without a label (VISSL's ``ignore_index``).
 
     The file is read without unpickling. Its length must equal the data set's, else a ``DatasetError``
-    names both numbers and the file.
+    names both numbers and the file. Where a record beside the file (``write_labels_record``, written by
+    ``tools/cluster_features.py``) names the data set it labels, ``dataset`` must be that data set (same
+    digest: file names, pixels, order), else a ``DatasetError`` names both: labels of other images would
+    train without complaint. A file without a record is checked by its length only (a warning says so).
     """
     try:
         with PathManager.open(labels_file, "rb") as f:
@@ -128,7 +241,27 @@ def attach_labels(dataset: list[dict], labels_file: str, dataset_name: str = "th
             f"labels file {labels_file!r} holds {labels.shape} labels, but {dataset_name} lists "
             f"{len(dataset)} images: need one label per image, in data set order"
         )
+    _check_labelled_dataset(dataset, labels_file, dataset_name)
     return [dict(d, label=int(y)) for d, y in zip(dataset, labels)]
+
+
+def _check_labelled_dataset(dataset: list[dict], labels_file: str, dataset_name: str) -> None:
+    record = _labels_record(labels_file)
+    if record is None:
+        logger.warning("labels file %s has no record of the data set it labels (%s): checked by its length "
+                       "only", labels_file, os.path.basename(labels_record_path(labels_file)))
+        return
+    from d2ssl.evaluation.features import dataset_digest  # the digest feature caches key on
+
+    digest = dataset_digest(dataset)
+    if digest != record["dataset_digest"]:
+        raise DatasetError(
+            f"labels file {labels_file!r} labels the data set {record.get('dataset_name', '?')!r} (digest "
+            f"{record['dataset_digest'][:12]}, {labels_record_path(labels_file)}), but {dataset_name} is "
+            f"another one (digest {digest[:12]}: other images, pixels or order). Cluster this data set "
+            f"(tools/cluster_features.py with the same dataloader.train.dataset) and set labels_file to "
+            f"the _lbls.npy it writes"
+        )
 
 
 def _read_lines(path: str) -> list[tuple[int, str]]:

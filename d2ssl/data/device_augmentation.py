@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from d2ssl.data.transforms import IMAGENET_MEAN, IMAGENET_STD, ColorAugmentation, normalize_uint8
+from d2ssl.data.color import ColorAugmentation
+from d2ssl.data.resize import IMAGENET_MEAN, IMAGENET_STD, normalize_uint8
 
 # The key of a mapped dict holding {view key: DeferredAugmentation}.
 DEFERRED_AUGMENTATION = "deferred_augmentation"

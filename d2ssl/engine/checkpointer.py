@@ -11,11 +11,17 @@
   (a trunk-only file), but a shape mismatch or a file sharing no tensor with the model is an error.
 - Integrity: each saved checkpoint gets a ``<name>.pth.sha256`` beside it; every file loaded
   (resume, ``train.init_checkpoint``) must match its checksum if it has one and pass the CRC32 checks
-  of its zip container (``d2ssl.utils.safe_io.verify_integrity``). Resuming from a damaged or
-  unreadable file falls back, with a warning, to the run's other training checkpoints (periodic and
-  final, latest iteration first; never ``model_best.pth`` or other weights in the folder).
-- No code from files: ``torch.load(weights_only=True)`` and, for ``.pkl`` files, an unpickler that
-  builds only numpy arrays and containers, unless ``allow_pickle`` (``--allow-pickle``).
+  of its zip container (``d2ssl.utils.safe_io.verify_integrity``).
+- Resume only from the same run: each checkpoint stores its run's identity (``"run"``, see
+  ``d2ssl.engine.run_folder``). Resume tries the file ``last_checkpoint`` names, then the run's other
+  training checkpoints (periodic and final; never ``model_best.pth`` or other weights), latest
+  iteration (as stored in the file) first; a file that is damaged, missing, of another architecture
+  or of another run is skipped with a warning. With none left it refuses, naming each file and why.
+  A ``.pkl``, ``.pyth`` or any file without trainer state is never resumed from (checked before
+  anything is loaded).
+- No code from files: every file goes through ``d2ssl.utils.safe_io`` (``torch.load(weights_only=True)``,
+  ``.pyth`` files included; for ``.pkl`` files an unpickler that builds only numpy arrays and
+  containers), unless ``allow_pickle`` (``--allow-pickle``).
 - Unreadable files (truncated, corrupted, missing) raise ``CheckpointLoadError`` naming the file.
 """
 
@@ -29,6 +35,16 @@ from typing import Any
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
+from d2ssl.checkpoint.zoo import is_zoo_name
+from d2ssl.engine.run_folder import (
+    CHECKPOINT_KEY,
+    CheckpointIdentity,
+    Run,
+    checkpoint_identity,
+    current_run,
+    run_from_folder,
+)
+from d2ssl.utils.errors import summarize
 from d2ssl.utils.safe_io import (
     CHECKSUM_SUFFIX,
     CorruptFileError,
@@ -36,6 +52,7 @@ from d2ssl.utils.safe_io import (
     atomic_write,
     load_pickle_file,
     load_torch_file,
+    not_a_file_message,
     verify_integrity,
 )
 
@@ -50,6 +67,10 @@ class CheckpointLoadError(RuntimeError):
 
 class DamagedCheckpointError(CheckpointLoadError):
     """A checkpoint file is damaged, truncated, unreadable or unsafe: nothing of it was loaded."""
+
+
+class MismatchedCheckpointError(CheckpointLoadError):
+    """A checkpoint was written for another model or architecture: nothing of it was loaded."""
 
 
 def non_finite_tensors(state: Mapping[str, Any]) -> list[str]:
@@ -71,9 +92,13 @@ class AtomicCheckpointer(DetectionCheckpointer):
     ``allow_pickle=True`` unpickles files in full (runs the code they hold: trusted files only)."""
 
     def __init__(self, model: torch.nn.Module, save_dir: str = "", *, save_to_disk: bool | None = None,
-                 allow_pickle: bool = False, **checkpointables: Any):
+                 allow_pickle: bool = False, run: Run | None = None, **checkpointables: Any):
         super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
         self.allow_pickle = allow_pickle
+        # The run whose identity each save stores: given, or the one this process claimed save_dir for.
+        self.run = run if run is not None else current_run(save_dir)
+        # After resume_or_load: the file resumed from and what it says of itself (None: not resumed).
+        self.resumed: CheckpointIdentity | None = None
         self._loading: str | None = None
         self._resuming = False
 
@@ -92,6 +117,8 @@ class AtomicCheckpointer(DetectionCheckpointer):
             )
         for key, obj in self.checkpointables.items():
             data[key] = obj.state_dict()
+        if self.run is not None:
+            data[CHECKPOINT_KEY] = self.run.stamp()
         data.update(kwargs)
         self.path_manager.mkdirs(self.save_dir)
         self.logger.info(f"Saving checkpoint to {save_file}")
@@ -112,66 +139,126 @@ class AtomicCheckpointer(DetectionCheckpointer):
 
     # ---------------------------------------------------------------- loading
     def resume_or_load(self, path: str, *, resume: bool = True) -> dict[str, Any]:
-        """Resumes from ``last_checkpoint`` (strictly: the file must match the model and hold the
-        trainer state) if ``resume`` and there is one; otherwise initialises the model from ``path``."""
-        if resume and self.has_checkpoint():
-            last = self.get_checkpoint_file()
-            if not last or not self.path_manager.isfile(last):
-                raise CheckpointLoadError(
-                    f"{os.path.join(self.save_dir, 'last_checkpoint')} names {last!r}, which is not a file"
-                    f"{self._other_checkpoints_hint(last)}"
-                )
+        """Resumes the run in ``save_dir`` (strictly: the file must be the run's, match the model and
+        hold the trainer state; see the module docstring) if ``resume`` and it has a checkpoint;
+        otherwise initialises the model from ``path``. ``self.resumed`` says which."""
+        self.resumed = None
+        if resume and (self.has_checkpoint() or self._training_checkpoints()):
             self._resuming = True
             try:
-                return self._resume_from(last)
+                return self._resume()
             finally:
                 self._resuming = False
         return self.load(path, checkpointables=[])
 
-    def _resume_from(self, last: str) -> dict[str, Any]:
-        try:
-            return self.load(last)
-        except DamagedCheckpointError as damaged:
-            error = damaged
-        # Each candidate is checked the same way before anything is loaded.
-        for candidate in self._training_checkpoints(exclude=last):
-            self.logger.warning(
-                f"{error}\nResuming from the previous complete checkpoint {candidate} instead; the "
-                f"iterations after it are trained again."
-            )
-            try:
-                return self.load(candidate)
-            except DamagedCheckpointError as e:
-                error = e
-        raise error
+    def _resume_run(self) -> Run:
+        """The run to resume: the one this process claimed the folder for, else the one ``run.json``
+        names, else (neither) the checkpoints written before run ids."""
+        run = self.run or run_from_folder(self.save_dir)
+        if run is None:
+            self.logger.warning(f"{self.save_dir} has no run.json: resuming from checkpoints that carry no "
+                                f"run id (written before run ids) only")
+            run = Run(id="", output_dir=self.save_dir, legacy=True)
+        return run
 
-    def _training_checkpoints(self, exclude: str) -> list[str]:
-        """The run's training-state checkpoints in ``save_dir`` but ``exclude``, latest iteration first:
-        the periodic ``<prefix>_<iteration>.pth`` (iteration from the name) and ``<prefix>_final.pth``
-        (the iteration it stores). Other files (``model_best.pth`` of the linear benchmark, converted
-        or copied weights) are not the run's latest state and are never resumed from. The order does
-        not rely on modification times, which a copy of the folder may change."""
+    def _resume(self) -> dict[str, Any]:
+        run = self._resume_run()
+        failures: list[str] = []  # why each file tried was not resumed from
+        others: list[str] = []  # files of other runs, not tried
+        last = self.get_checkpoint_file() if self.has_checkpoint() else ""
+        candidates = []
+        if last and self.path_manager.isfile(last):
+            candidates.append(last)
+        elif self.has_checkpoint():  # missing or empty: the run's other checkpoints are tried
+            tag = os.path.join(self.save_dir, "last_checkpoint")
+            failures.append(f"{tag} names {os.path.basename(last)!r}, which is not a file")
+        candidates += [p for p in self._training_checkpoints() if not last or not _same_file(p, last)]
+        identities = {p: checkpoint_identity(p, self.allow_pickle) for p in candidates}
+        reached = max((i.iteration for i in identities.values() if i.iteration is not None
+                       and run.owns(i.run_id)), default=None)
+        for path in candidates:
+            identity = identities[path]
+            refusal = self._not_a_resume_target(path, identity, run)
+            if refusal is not None:
+                (others if refusal.startswith("belongs to run") else failures).append(
+                    f"{os.path.basename(path)} {refusal}")
+                self.logger.warning(f"not resuming from {path}: it {refusal}")
+                continue
+            try:
+                extra = self.load(path)
+            except (DamagedCheckpointError, MismatchedCheckpointError) as e:
+                failures.append(" ".join(str(e).split()))
+                self.logger.warning(f"not resuming from {path}: {failures[-1]}")
+                continue
+            self.resumed = identity
+            self._log_resume(run, path, identity, failures, reached)
+            return extra
+        who = f"run {run.id}" if run.id else "the checkpoints written before run ids"
+        raise CheckpointLoadError(
+            f"cannot resume {who} in {self.save_dir}: no checkpoint of it is left to resume from. "
+            + "; ".join(failures + others)
+            + f". Start a new run with --start-over (moves these files to {self.save_dir}/previous_runs/), "
+            f"or from weights with train.init_checkpoint=<file>"
+        )
+
+    def _not_a_resume_target(self, path: str, identity: CheckpointIdentity, run: Run) -> str | None:
+        """Why ``path`` is not resumed from, before anything of it is loaded (None: try it)."""
+        if path.endswith((".pkl", ".pyth")):
+            return ("holds weights only (a .pkl/.pyth is never a training checkpoint): not resumed from; "
+                    "use train.init_checkpoint to start a new run from its weights")
+        if identity.error is not None:
+            return None  # damaged or unsafe: loading it names why
+        if not run.owns(identity.run_id):
+            return f"belongs to run {identity.run_id or '(none: written before run ids)'}, not this one"
+        absent = [k for k in self.checkpointables if k not in identity.keys]
+        if absent:
+            return (f"lacks {absent} (optimizer, scheduler, iteration): not a training checkpoint; use "
+                    f"train.init_checkpoint to start a new run from its weights")
+        return None
+
+    def _log_resume(self, run: Run, path: str, identity: CheckpointIdentity, failures: list[str],
+                    reached: int | None) -> None:
+        done = identity.iteration
+        who = f"run {run.id}" if run.id else "a run written before run ids"
+        if not failures:
+            self.logger.info(f"resuming {who} from {path}: iteration {done} done, continuing at {done + 1}"
+                             if done is not None else f"resuming {who} from {path}")
+            return
+        if done is not None and reached is not None and reached > done:
+            again = f"iterations {done + 1}..{reached} are trained again"
+        elif done is not None and reached is not None:
+            again = f"the files above held no later iteration of the run than {done}: none is trained again"
+        else:
+            again = f"the iterations after {done} that the files above held, if any, are trained again"
+        self.logger.warning(
+            "\n".join(failures) + f"\nResuming {who} from the previous complete checkpoint {path} "
+            f"(iteration {done}) instead: {again}."
+        )
+
+    def _training_checkpoints(self) -> list[str]:
+        """The training-state checkpoints in ``save_dir``, latest iteration first (as stored in each
+        file, never its name or modification time, which a copy of the folder may change): the
+        periodic ``<prefix>_<iteration>.pth`` and ``<prefix>_final.pth``; a periodic file first at the
+        same iteration; a file whose iteration cannot be read last. Other files (``model_best.pth`` of
+        the linear benchmark, converted or copied weights) are not a run's latest state."""
+        if not self.save_dir or not self.path_manager.isdir(self.save_dir):
+            return []
         ranked = []
         for path in self.get_all_checkpoint_files():
             match = _TRAINING_CHECKPOINT.match(os.path.basename(path))
-            if not match or os.path.abspath(path) == os.path.abspath(exclude):
-                continue
-            if match.group(1) == "final":
-                ranked.append((self._stored_iteration(path), 0, path))
-            else:
-                ranked.append((int(match.group(1)), 1, path))  # a periodic file first at the same iteration
+            if match:
+                stored = checkpoint_identity(path, self.allow_pickle).iteration
+                ranked.append((-1 if stored is None else stored, match.group(1) != "final", path))
         return [path for *_, path in sorted(ranked, reverse=True)]
 
-    def _stored_iteration(self, path: str) -> int:
-        """The ``iteration`` saved in ``path``; -1 if it cannot be read (tried last)."""
-        try:
-            return int(load_torch_file(path).get("iteration", -1))
-        except Exception:  # noqa: BLE001  (a damaged file is refused when it is loaded)
-            return -1
-
     def load(self, path: str, checkpointables: list[str] | None = None) -> dict[str, Any]:
+        if is_zoo_name(path):  # published files keep their trunk in foreign layouts: the importer reads them
+            raise CheckpointLoadError(
+                f"{path!r} is a published checkpoint (d2ssl.checkpoint.zoo), not a d2ssl run's checkpoint: "
+                f"load its trunk with train.weights_init.PARAMS_FILE={path} (train.init_checkpoint= empty)"
+            )
         if path and "://" not in path and not os.path.isfile(path):
-            raise CheckpointLoadError(f"checkpoint {path!r} does not exist")
+            raise CheckpointLoadError(not_a_file_message(path, "checkpoint"))
         self._loading = path
         try:
             return super().load(path, checkpointables)
@@ -192,13 +279,17 @@ class AtomicCheckpointer(DetectionCheckpointer):
             verify_integrity(filename)
             if filename.endswith(".pkl"):
                 loaded = _model_zoo_checkpoint(load_pickle_file(filename, self.allow_pickle))
+            elif filename.endswith(".pyth"):
+                # detectron2 reads pycls files with a bare torch.load (code runs when
+                # TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD is set): the safe loader instead.
+                loaded = _pycls_checkpoint(load_torch_file(filename, self.allow_pickle), filename)
             else:
                 loaded = super()._load_file(filename)
         except (CorruptFileError, UnsafeFileError) as e:
             raise DamagedCheckpointError(f"{e}{self._other_checkpoints_hint(filename)}") from e
         except Exception as e:
             raise DamagedCheckpointError(
-                f"cannot read checkpoint {filename!r}: {type(e).__name__}: {str(e)[:500]}\nThe file is "
+                f"cannot read checkpoint {filename!r}: {type(e).__name__}: {summarize(str(e))}; the file is "
                 f"truncated, corrupted or not a checkpoint.{self._other_checkpoints_hint(filename)}"
             ) from e
         if not isinstance(loaded.get("model"), Mapping):
@@ -213,7 +304,7 @@ class AtomicCheckpointer(DetectionCheckpointer):
 
     def _load_model(self, checkpoint: dict[str, Any]):
         path = self._loading
-        if not checkpoint.get("matching_heuristics", False):
+        if self._resuming or not checkpoint.get("matching_heuristics", False):
             # Checked before anything is copied into the model: an error leaves it untouched.
             self._check_fits(checkpoint, path)
         incompatible = super()._load_model(checkpoint)
@@ -259,7 +350,7 @@ class AtomicCheckpointer(DetectionCheckpointer):
             )
         if problems:
             action = "resume from" if self._resuming else "load"
-            raise CheckpointLoadError(
+            raise MismatchedCheckpointError(
                 f"cannot {action} checkpoint {path!r}: it was written for another model or architecture: "
                 + "; ".join(problems)
             )
@@ -287,3 +378,16 @@ def _model_zoo_checkpoint(data: Any) -> dict[str, Any]:
         data = data["blobs"]
     data = {k: v for k, v in data.items() if not k.endswith("_momentum")}
     return {"model": data, "__author__": "Caffe2", "matching_heuristics": True}
+
+
+def _pycls_checkpoint(data: Any, filename: str) -> dict[str, Any]:
+    """What detectron2's ``DetectionCheckpointer._load_file`` makes of a pycls ``.pyth`` file: its
+    ``model_state`` without BatchNorm's ``num_batches_tracked``, loaded by name heuristics."""
+    if not isinstance(data, Mapping) or not isinstance(data.get("model_state"), Mapping):
+        raise TypeError(f"{filename} is not a pycls checkpoint: it holds no 'model_state' dict")
+    state = {k: v for k, v in data["model_state"].items() if not k.endswith("num_batches_tracked")}
+    return {"model": state, "__author__": "pycls", "matching_heuristics": True}
+
+
+def _same_file(a: str, b: str) -> bool:
+    return os.path.abspath(a) == os.path.abspath(b)

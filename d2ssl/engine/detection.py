@@ -37,6 +37,7 @@ from d2ssl.checkpoint.export import to_detectron2
 from d2ssl.checkpoint.layouts import find_trunk
 from d2ssl.checkpoint.load import read_state_dict
 from d2ssl.engine.checkpointer import AtomicCheckpointer
+from d2ssl.engine.run_folder import config_digest, holding_run_folder
 from d2ssl.engine.train_loop import (
     allows_pickle,
     build_model,
@@ -115,16 +116,18 @@ def train_detector(cfg: DictConfig, resume: bool = False) -> dict[str, float]:
         # checkpointer, so a checkpoint holds them (detectron2's DefaultTrainer: PreciseBN before it).
         return [precise_bn_hook, hooks.EvalHook(eval_period, lambda: evaluate_detector(cfg, wrapped_model))]
 
-    trainer, checkpointer = build_training(cfg, model, instantiate(cfg.dataloader.train), optimizer,
-                                           extra_hooks=evaluation_hooks)
-    init = "" if resume and checkpointer.has_checkpoint() else cfg.train.init_checkpoint
-    init = prepare_init_checkpoint(init, cfg.train.output_dir, allow_pickle=allows_pickle(cfg))
-    return run_training(cfg, trainer, checkpointer, resume, init_checkpoint=init)
+    # The folder is the run's (run_folder) before the writers open metrics.json in it.
+    with holding_run_folder(cfg.train.output_dir, resume=resume, digest=config_digest(cfg)):
+        trainer, checkpointer = build_training(cfg, model, instantiate(cfg.dataloader.train), optimizer,
+                                               extra_hooks=evaluation_hooks)
+        init = "" if resume and checkpointer.has_checkpoint() else cfg.train.init_checkpoint
+        init = prepare_init_checkpoint(init, cfg.train.output_dir, allow_pickle=allows_pickle(cfg))
+        return run_training(cfg, trainer, checkpointer, resume, init_checkpoint=init)
 
 
 def main(args) -> dict:
     """Entry point of ``tools/train_detection.py`` in each launched process."""
-    cfg = setup_from_args(args)
+    cfg = setup_from_args(args, run=not args.eval_only)  # an evaluation alone is not a run
     if not args.eval_only:
         return train_detector(cfg, resume=args.resume)
     model = create_ddp_model(build_model(cfg), cfg.train.device)

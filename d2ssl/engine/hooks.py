@@ -6,7 +6,7 @@ import logging
 import os
 import random
 import re
-import time
+from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -14,9 +14,8 @@ from detectron2.config import instantiate
 from detectron2.engine import HookBase, hooks
 from detectron2.utils import comm
 
-from d2ssl.evaluation.evaluator import topk_accuracy
-from d2ssl.evaluation.features import build_feature_loader, compute_features
-from d2ssl.evaluation.knn import NPID_TEMPERATURE, knn_scores
+from d2ssl.config import ConfigError
+from d2ssl.engine.run_folder import checkpoint_identity
 
 logger = logging.getLogger(__name__)
 
@@ -198,77 +197,39 @@ class PeriodicCheckpointer(hooks.PeriodicCheckpointer):
         if not save_dir or not self.path_manager.isdir(save_dir):
             return []
         pattern = re.compile(rf"^{re.escape(self.file_prefix)}_(\d+)\.pth$")
+        # Only this run's files count (and may be deleted): the run id each stores (run_folder).
+        run = getattr(self.checkpointer, "run", None)
         found = []
         for name in self.path_manager.ls(save_dir):
             match = pattern.match(name)
             if match and int(match.group(1)) < before_iter:
-                found.append((int(match.group(1)), os.path.join(save_dir, name)))
+                path = os.path.join(save_dir, name)
+                if run is None or run.owns(checkpoint_identity(path).run_id):
+                    found.append((int(match.group(1)), path))
         return [path for _, path in sorted(found)]
 
 
-class KNNMonitor(HookBase):
-    """Weighted kNN top-1 (NPID's protocol, ``d2ssl.evaluation.knn``) of the trunk's pooled features,
-    every ``period`` iterations and after the last, logged as ``knn_top1``/``knn_top5`` (percent) to
-    the trainer's ``EventStorage``, beside the loss.
+def instantiate_hook(node, key: str) -> HookBase | None:
+    """The hook a config's lazy call ``node`` at ``key`` builds (``None``: no node, a node whose
+    ``period`` is 0, or a call that returns no hook).
 
-    ``memory`` (labelled images that vote) and ``queries`` (labelled images classified) are small
-    data sets viewed through ``mapper(dict)`` (a deterministic test view). Only the main process
-    evaluates, on the unwrapped trunk in eval mode (its train mode is restored after); the loaders
-    have their own generators and the random states are restored, so the training's random stream,
-    data order and BatchNorm statistics are those of a run without the monitor (exact resume holds).
+    Hooks that evaluate during training (``d2ssl.evaluation.knn_monitor``) build on the engine; the
+    config names them as ``L(...)`` calls so that the engine instantiates them without importing
+    ``d2ssl.evaluation`` (imports run one way: evaluation -> engine).
     """
-
-    def __init__(self, memory: list[dict], queries: list[dict], mapper, period: int, k: int = 200,
-                 temperature: float = NPID_TEMPERATURE, layer: str = "res5", batch_size: int = 256):
-        if period < 1:
-            raise ValueError(f"KNNMonitor period must be a positive number of iterations, got {period}")
-        for name, images in (("memory", memory), ("queries", queries)):
-            if not images or not all("label" in d for d in images):
-                raise ValueError(f"KNNMonitor {name} must be a non-empty, labelled data set")
-        self.period, self.k, self.temperature, self.layer = period, k, temperature, layer
-        self.labels = {name: np.array([d["label"] for d in images]) for name, images in
-                       (("memory", memory), ("queries", queries))}
-        sequential = {name: torch.utils.data.SequentialSampler(images) for name, images in
-                      (("memory", memory), ("queries", queries))}
-        self.loaders = {name: build_feature_loader(images, mapper, batch_size, sampler=sequential[name])
-                        for name, images in (("memory", memory), ("queries", queries))}
-
-    def after_step(self) -> None:
-        next_iter = self.trainer.iter + 1
-        if next_iter % self.period == 0 or next_iter >= self.trainer.max_iter:
-            self.evaluate()
-
-    def evaluate(self) -> dict[str, float] | None:
-        if not comm.is_main_process():
-            return None
-        start = time.perf_counter()
-        state = capture_random_state()
-        try:
-            features = {
-                name: compute_features(self.trainer.model, loader, None, (self.layer,),
-                                       num_images=len(self.labels[name]))[self.layer]
-                for name, loader in self.loaders.items()
-            }
-        finally:
-            restore_random_state(state)
-        scores = knn_scores(features["memory"], self.labels["memory"], features["queries"], self.k,
-                            self.temperature, int(max(map(np.max, self.labels.values()))) + 1)
-        accuracy = topk_accuracy(scores, self.labels["queries"])
-        self.trainer.storage.put_scalars(knn_top1=accuracy["top1"], knn_top5=accuracy["top5"],
-                                         smoothing_hint=False)
-        logger.info("kNN monitor at iteration %d: top-1 %.2f (%d memory, %d query images) in %.1f s",
-                    self.trainer.iter, accuracy["top1"], len(self.labels["memory"]),
-                    len(self.labels["queries"]), time.perf_counter() - start)
-        return accuracy
-
-
-def build_knn_monitor(node) -> KNNMonitor | None:
-    """The ``KNNMonitor`` a config's ``train.knn_monitor`` section describes (``period`` 0 or no
-    section: none). ``memory``, ``queries`` and ``mapper`` are ``L(...)`` calls."""
-    if not node or not node.get("period"):
+    if node is None:
         return None
-    return KNNMonitor(
-        memory=instantiate(node.memory), queries=instantiate(node.queries), mapper=instantiate(node.mapper),
-        period=node.period, k=node.k, temperature=node.temperature, layer=node.layer,
-        batch_size=node.batch_size,
-    )
+    if not isinstance(node, Mapping) or "_target_" not in node:
+        raise ConfigError(
+            f"{key} must be a lazy call that returns a training hook or None, such as "
+            f"L(build_knn_monitor)(period=..., ...) from d2ssl.evaluation.knn_monitor (see "
+            f"configs/common/train.py), or null; got {node!r}"
+        )
+    if node.get("period", None) == 0:
+        # A periodic hook turned off is not built: its arguments (a monitor's data sets) are not loaded.
+        return None
+    hook = instantiate(node)
+    if hook is not None and not isinstance(hook, HookBase):
+        raise ConfigError(f"{key}: {node['_target_']} returned a {type(hook).__name__}, not a detectron2 "
+                          "HookBase (or None)")
+    return hook

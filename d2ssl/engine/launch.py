@@ -4,23 +4,29 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import signal
+import sys
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from detectron2.config import LazyConfig
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.engine import default_argument_parser, launch
 from detectron2.engine.launch import DEFAULT_TIMEOUT, _find_free_port
 from detectron2.utils import comm
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch.multiprocessing.spawn import ProcessException
 
 from d2ssl.engine.preemption import stop_signals
+from d2ssl.engine.run_folder import RunFolderError, release_all_run_folders
 from d2ssl.utils.errors import reporting_errors
 
 logger = logging.getLogger("d2ssl")
@@ -29,8 +35,11 @@ logger = logging.getLogger("d2ssl")
 def argument_parser() -> argparse.ArgumentParser:
     """detectron2's standard flags (``--config-file``, ``--num-gpus``, ``--num-machines``,
     ``--machine-rank``, ``--dist-url``, ``--resume``, ``--eval-only``) and ``key=value`` overrides,
-    plus ``--debug`` (tracebacks) and ``--allow-pickle`` (``train.weights_init.ALLOW_PICKLE=True``).
-    Parse with ``parse_command_line``: flags may come anywhere among the overrides."""
+    plus ``--debug`` (tracebacks), ``--allow-pickle`` (``train.weights_init.ALLOW_PICKLE=True``),
+    ``--start-over`` (a training tool moves the run in ``train.output_dir`` aside, see
+    ``d2ssl.engine.run_folder``) and ``--random-trunk`` (an evaluation of no weights is a random
+    baseline on purpose, ``d2ssl.evaluation.linear.announce_trunk_source``). Parse with
+    ``parse_command_line``: flags may come anywhere among the overrides."""
     parser = default_argument_parser()
     # detectron2 takes everything after the first override as overrides (nargs=REMAINDER), so a
     # trailing --resume became a malformed override; "*" with parse_intermixed_args accepts flags anywhere.
@@ -42,6 +51,17 @@ def argument_parser() -> argparse.ArgumentParser:
                         help="unpickle Python objects besides tensors in checkpoint and weight files, which "
                              "runs code stored in them (trusted files only); sets "
                              "train.weights_init.ALLOW_PICKLE")
+    parser.add_argument("--start-over", action="store_true",
+                        help="training tools: if train.output_dir holds a run, move its files to "
+                             "<output_dir>/previous_runs/<run id>/ (nothing is deleted) and start a new run "
+                             "there; without it (or --resume) a run into an occupied folder is refused")
+    parser.add_argument("--random-trunk", action="store_true",
+                        help="evaluation tools: a random baseline is meant: no weights are given, and the "
+                             "trunk is initialised from train.seed (without it, a trunk without weights "
+                             "is warned about)")
+    resume = next(a for a in parser._actions if a.dest == "resume")
+    resume.help = ("continue the run in train.output_dir (from its last complete checkpoint); a new run "
+                   "if the folder holds none")
     return parser
 
 
@@ -55,26 +75,211 @@ def launch_from_command_line(main: Callable, argv: Sequence[str] | None = None) 
     through detectron2's ``launch``; an error ends the tool with one message (``reporting_errors``)."""
     args = parse_command_line(argv)
     with reporting_errors(debug=args.debug):
-        launch_processes(
-            main,
-            args.num_gpus,
-            num_machines=args.num_machines,
-            machine_rank=args.machine_rank,
-            dist_url=args.dist_url,
-            args=(args,),
-            device=config_device(args.config_file, args.opts),
+        # The config, its overrides and its data paths are checked here, before any process, folder
+        # or rank preamble exists: a typo in a path is the one error line, in a second, not the last
+        # line of every rank's output after the spawn.
+        cfg = check_before_launch(args.config_file, args.opts)
+        wanted = str(OmegaConf.select(cfg, "train.device", default="cuda")) if cfg is not None else "cuda"
+        if args.num_gpus > 1 and wanted != "cpu" and not torch.cuda.is_available():
+            _tell(f"WARNING: no CUDA device: starting {args.num_gpus} CPU processes (gloo) instead of "
+                  f"{args.num_gpus} GPU processes")
+        try:
+            launch_processes(
+                main,
+                args.num_gpus,
+                num_machines=args.num_machines,
+                machine_rank=args.machine_rank,
+                dist_url=args.dist_url,
+                args=(args,),
+                device=config_device(args.config_file, args.opts, cfg),
+                num_workers=loader_workers(cfg),
+            )
+        finally:
+            # A run that failed before training (its claim made in setup_from_args) unlocks its folder
+            # now, not only when this process exits.
+            release_all_run_folders()
+
+
+def check_before_launch(config_file: str, overrides: Sequence[str] = ()) -> DictConfig | None:
+    """The config of ``config_file`` with ``overrides``, checked as each process will check it
+    (``setup_config``: unknown keys, types, values) and with every data set path it names present
+    (``check_data_paths``); ``None`` without a config file. Creates nothing.
+
+    Raises:
+        ConfigError: naming the key and the value at fault.
+    """
+    if not config_file:
+        return None
+    from d2ssl.engine.train_loop import setup_config  # train_loop is heavy; tools without a config skip it
+
+    cfg = setup_config(config_file, list(overrides))
+    check_data_paths(cfg)
+    return cfg
+
+
+def _data_path_arguments() -> dict[Callable, dict[str, str]]:
+    """The data set loaders whose arguments name a file or folder that must exist before training,
+    each argument with what it names (data sets generated on first use, such as
+    ``pasted_detection_set``, are not among them)."""
+    from d2ssl.data import datasets
+
+    return {
+        datasets.load_image_folder: {"root": "image folder"},
+        datasets.load_image_list: {"list_file": "list file", "root": "image root"},
+        datasets.load_tiny_imagenet: {"root": "Tiny ImageNet folder"},
+        datasets.load_places365: {"root": "Places365 folder"},
+        datasets.load_fashion_mnist: {"root": "Fashion-MNIST folder"},
+    }
+
+
+def check_data_paths(cfg: DictConfig) -> None:
+    """Raises ``ConfigError`` for the first data set path under ``cfg.dataloader`` that does not
+    exist: an argument of a loader of ``_data_path_arguments`` (``dataloader.train.dataset.root``),
+    or the ``image_root`` registered for a data set name given to ``get_dataset_dicts``. Lists no
+    folder (listing ImageNet takes minutes); remote paths (``scheme://``) are left to the loader."""
+    from d2ssl.config import ConfigError, resolve_target
+    from d2ssl.data.datasets import get_dataset_dicts
+
+    loaders = _data_path_arguments()
+
+    def missing(path: Any) -> bool:
+        return isinstance(path, str) and bool(path) and "://" not in path and not os.path.exists(path)
+
+    def fail(key: str, value: Any, what: str) -> None:
+        raise ConfigError(
+            f"{key}={value!r}: {what} does not exist (relative paths are from {os.getcwd()}); "
+            f"fix the path or override {key}=..."
         )
+
+    def walk(node: Any, key: str) -> None:
+        if isinstance(node, DictConfig):
+            if "_target_" in node:
+                try:
+                    target, _ = resolve_target(node)
+                except Exception:  # setup_config already reported unimportable targets
+                    target = None
+                for name, what in loaders.get(target, {}).items():
+                    value = node.get(name)
+                    if missing(value):
+                        fail(f"{key}.{name}", value, f"{what} {value!r}")
+                if target is get_dataset_dicts:
+                    names = node.get("names")
+                    for name in [names] if isinstance(names, str) else list(names or []):
+                        if not isinstance(name, str) or name not in DatasetCatalog:
+                            continue  # registered later, or an unknown name the loader reports
+                        root = MetadataCatalog.get(name).get("image_root", None)
+                        if missing(root):
+                            fail(f"{key}.names", names, f"the image folder {root!r} of data set {name!r}")
+            for child in list(node.keys()):
+                try:
+                    value = node[child]
+                except Exception:  # a missing (???) or unresolvable value: not a path to check
+                    continue
+                walk(value, f"{key}.{child}")
+        elif isinstance(node, ListConfig):
+            for i, value in enumerate(node):
+                walk(value, f"{key}[{i}]")
+
+    walk(cfg.get("dataloader"), "dataloader")
+
+
+def loader_workers(cfg: DictConfig | None) -> int:
+    """``dataloader.train.num_workers`` of ``cfg`` (0 where absent): the loader processes each
+    training process starts, which share the cores with it."""
+    if cfg is None:
+        return 0
+    workers = OmegaConf.select(cfg, "dataloader.train.num_workers", default=0)
+    return workers if isinstance(workers, int) and workers > 0 else 0
+
+
+def available_cores() -> int:
+    """The cores this process may run on: its CPU affinity (``taskset``, cgroup cpusets), lowered to
+    the cgroup v2 CPU quota (``/sys/fs/cgroup/cpu.max``, a container's ``--cpus``) where one is set."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        with open("/sys/fs/cgroup/cpu.max") as f:
+            quota, period = f.read().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):  # no cgroup v2 or no quota file: the affinity is all we know
+        pass
+    return max(1, cores)
+
+
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+@dataclass(frozen=True)
+class ThreadChoice:
+    """Intra-op threads of each training process: ``threads``, chosen (``user_set`` empty) or read
+    from the environment variables of ``user_set``."""
+
+    processes: int
+    threads: int
+    cores: int
+    workers: int = 0
+    user_set: str = ""
+
+    def describe(self) -> str:
+        workers = f" (+ {self.workers} loader workers each)" if self.workers else ""
+        how = (f"{self.user_set} set by the user" if self.user_set
+               else "OMP_NUM_THREADS unset; set it to choose")
+        processes = f"{self.processes} process{'es' if self.processes != 1 else ''}"
+        threads = f"{self.threads} thread{'s' if self.threads != 1 else ''}"
+        return f"{processes} x {threads}{workers} on {self.cores} cores ({how})"
+
+
+def choose_threads(processes: int, workers: int = 0, cores: int | None = None,
+                   environ: dict | None = None) -> ThreadChoice:
+    """The threads of each of ``processes`` training processes, each with ``workers`` loader
+    processes: the ``OMP_NUM_THREADS`` (else ``MKL_NUM_THREADS``) the user set, else the cores
+    divided among all of them (at least 1). torch's default, one thread per core in every process,
+    oversubscribes a shared machine: a tiny run went 19x slower on 2 busy cores."""
+    environ = os.environ if environ is None else environ
+    cores = available_cores() if cores is None else cores
+    processes = max(1, processes)
+    for variable in THREAD_VARIABLES:
+        value = environ.get(variable, "").strip()
+        if value:
+            try:
+                threads = int(value)
+            except ValueError:
+                raise ValueError(f"{variable}={value!r} is not a whole number of threads: set it to one "
+                                 f"(e.g. {variable}=1) or unset it to let d2ssl choose") from None
+            if threads <= 0:
+                raise ValueError(f"{variable}={value!r}: set it to a positive number of threads or unset it")
+            return ThreadChoice(processes, threads, cores, workers, user_set=f"{variable}={threads}")
+    return ThreadChoice(processes, max(1, cores // (processes * (1 + workers))), cores, workers)
+
+
+def apply_threads(choice: ThreadChoice) -> None:
+    """Sets ``choice.threads`` in this process (``torch.set_num_threads``) and, for the processes it
+    starts (which read them when torch starts), in ``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` where
+    the user set neither."""
+    if not choice.user_set:
+        for variable in THREAD_VARIABLES:
+            os.environ[variable] = str(choice.threads)
+    torch.set_num_threads(choice.threads)
+
+
+def _tell(line: str) -> None:
+    """A line for the terminal from the launcher, which has no logger set up yet (detectron2's are
+    set up in each process after the spawn)."""
+    print(f"[d2ssl] {line}", file=sys.stderr, flush=True)
 
 
 class WorkerFailedError(RuntimeError):
     """A launched process failed; the message names its global rank and how it ended."""
 
 
-def config_device(config_file: str, overrides: Sequence[str] = ()) -> str:
+def config_device(config_file: str, overrides: Sequence[str] = (), cfg: DictConfig | None = None) -> str:
     """``train.device`` of a config after its overrides (``cuda`` where the config has no
-    ``train.device``, as detectron2's configs), or ``cpu`` on a machine without CUDA."""
+    ``train.device``, as detectron2's configs), or ``cpu`` on a machine without CUDA. ``cfg``: the
+    config already loaded with its overrides (``check_before_launch``), read instead of the file."""
     if not torch.cuda.is_available():
         return "cpu"
+    if cfg is not None:
+        return str(OmegaConf.select(cfg, "train.device", default="cuda"))
     for override in reversed(list(overrides)):
         if override.startswith("train.device="):
             return override.split("=", 1)[1].strip().strip("'\"")
@@ -92,6 +297,7 @@ def launch_processes(
     args: tuple = (),
     device: str = "cuda",
     timeout: timedelta = DEFAULT_TIMEOUT,
+    num_workers: int = 0,
 ) -> None:
     """Runs ``main(*args)`` in ``num_processes_per_machine`` processes on each of ``num_machines``.
 
@@ -102,10 +308,22 @@ def launch_processes(
     rank that raised, since the survivors' collectives then fail too). ``SIGTERM``/``SIGUSR2`` sent
     to this launcher are passed on to the processes, which write a checkpoint and stop
     (``d2ssl.engine.preemption``).
+
+    Each process runs ``choose_threads`` intra-op threads (the cores divided among the processes and
+    their ``num_workers`` loader workers, unless ``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` is set),
+    announced in one line on stderr.
     """
     world_size = num_machines * num_processes_per_machine
-    if device != "cpu" and torch.cuda.is_available():
-        launch(main, num_processes_per_machine, num_machines, machine_rank, dist_url, args, timeout)
+    on_cuda = device != "cpu" and torch.cuda.is_available()
+    choice = choose_threads(max(1, num_processes_per_machine), num_workers)
+    apply_threads(choice)
+    _tell(choice.describe())
+    if on_cuda:
+        try:
+            launch(main, num_processes_per_machine, num_machines, machine_rank, dist_url, args, timeout)
+        except ProcessException as e:
+            _raise_refusal(str(e))
+            raise
         return
     if world_size <= 1:
         main(*args)
@@ -126,6 +344,7 @@ def launch_processes(
         while not context.join(grace_period=10):
             pass
     except ProcessException as e:
+        _raise_refusal(str(e))
         raise WorkerFailedError(
             _describe_failure(context.processes, machine_rank * num_processes_per_machine, str(e))
         ) from e
@@ -154,10 +373,23 @@ def _pass_signals_on(processes: Sequence) -> dict:
 
 def _cpu_worker(local_rank, main, world_size, num_local, machine_rank, dist_url, args, timeout) -> None:
     rank = machine_rank * num_local + local_rank
+    # The spawned interpreter read OMP_NUM_THREADS (apply_threads) when torch started; set it again
+    # in case anything imported before changed it.
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     dist.init_process_group("gloo", init_method=dist_url, world_size=world_size, rank=rank, timeout=timeout)
     comm.create_local_process_group(num_local)
     comm.synchronize()
     main(*args)
+
+
+def _raise_refusal(cause: str) -> None:
+    """Raises a run-folder refusal a worker raised (every rank raises the same one, see
+    ``run_folder.claim_run_folder``) as the one line it is, instead of a rank's failure report."""
+    for line in reversed(cause.strip().splitlines()):
+        prefix = f"{RunFolderError.__module__}.{RunFolderError.__name__}: "
+        if line.startswith(prefix):
+            raise RunFolderError(line[len(prefix):]) from None
 
 
 def _describe_failure(processes: Sequence, first_rank: int, cause: str) -> str:

@@ -28,7 +28,7 @@ from detectron2.utils.registry import locate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 
-from d2ssl.checkpoint.load import load_weights_init
+from d2ssl.checkpoint.load import check_one_trunk_source, load_weights_init
 from d2ssl.config import (
     check_num_train_samples,
     dataset_shorthand,
@@ -38,8 +38,15 @@ from d2ssl.config import (
 )
 from d2ssl.data.build import ResumableTrainingSampler
 from d2ssl.engine.checkpointer import AtomicCheckpointer
-from d2ssl.engine.hooks import PeriodicCheckpointer, RandomStateCheckpoint, ResumeDataOrder, build_knn_monitor
+from d2ssl.engine.hooks import PeriodicCheckpointer, RandomStateCheckpoint, ResumeDataOrder, instantiate_hook
 from d2ssl.engine.preemption import StopOnSignal
+from d2ssl.engine.run_folder import (
+    claim_run_folder,
+    config_digest,
+    holding_run_folder,
+    log_claim,
+    note_max_iter,
+)
 from d2ssl.utils.distributed import create_ddp_model
 
 logger = logging.getLogger("d2ssl")
@@ -97,6 +104,7 @@ def setup_config(config_file: str, overrides: list[str] | tuple[str, ...] = ()) 
     cfg = LazyConfig.load(config_file)
     cfg = apply_overrides(cfg, overrides, config_file)
     validate_config(cfg, config_file)
+    check_one_trunk_source(cfg.get("train"))  # before any work: a data set listing can take minutes
     return cfg
 
 
@@ -199,10 +207,12 @@ ExtraHooks = Callable[[SimpleTrainer, nn.Module, AtomicCheckpointer], Sequence[H
 
 def build_model(cfg: DictConfig) -> nn.Module:
     """``cfg.model`` instantiated, with the trunk weights of ``train.weights_init`` (if any), on
-    ``train.device`` (in channels-last memory format with ``train.channels_last``)."""
+    ``train.device`` (in channels-last memory format with ``train.channels_last``). Refuses
+    ``train.weights_init.PARAMS_FILE`` and ``train.init_checkpoint`` both set (``check_one_trunk_source``)."""
+    check_one_trunk_source(cfg.train)
     model = instantiate(cfg.model)
     logger.info("Model:\n%s", model)
-    # Trunk weights from another run or code base; init_checkpoint / resume override them.
+    # Trunk weights from another run or code base; resume overrides them.
     load_weights_init(model, cfg.train.get("weights_init"))
     model.to(cfg.train.device)
     if cfg.train.get("channels_last"):
@@ -219,7 +229,7 @@ def build_training(
     timer, data order (where the loader's sampler is a ``ResumableTrainingSampler``; detectron2's
     detection loaders restart their stream), random states, LR scheduler, the hooks
     ``extra_hooks(trainer, model, checkpointer)`` returns, periodic checkpointer, kNN monitor
-    (``train.knn_monitor``), writers, stop on signal.
+    (``train.knn_monitor``, a lazy call: ``d2ssl.evaluation.knn_monitor``), writers, stop on signal.
 
     The extra hooks run before the periodic checkpointer, so a checkpoint written at their iteration
     holds what they changed (best scores, PreciseBN statistics).
@@ -242,7 +252,9 @@ def build_training(
             hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
             *(extra_hooks(trainer, model, checkpointer) if extra_hooks is not None else ()),
             PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if comm.is_main_process() else None,
-            build_knn_monitor(cfg.train.get("knn_monitor")),
+            # A lazy call (configs/common/train.py): the monitor lives in d2ssl.evaluation, which the
+            # engine never imports.
+            instantiate_hook(cfg.train.get("knn_monitor"), "train.knn_monitor"),
             hooks.PeriodicWriter(
                 default_writers(cfg.train.output_dir, cfg.train.max_iter), period=cfg.train.log_period
             )
@@ -264,14 +276,19 @@ def run_training(
     ``train.max_iter`` and returns the latest logged scalars."""
     init = cfg.train.init_checkpoint if init_checkpoint is None else init_checkpoint
     checkpointer.resume_or_load(init, resume=resume)
+    resumed, run = checkpointer.resumed, checkpointer.run
+    if run is not None:  # the max_iter the resumed checkpoint trained towards: its own, else run.json's
+        before = (resumed.max_iter if resumed.max_iter is not None else run.max_iter) if resumed else None
+        note_max_iter(run, cfg.train.max_iter, before)
     # The checkpoint stores the iteration that just finished: continue with the next one.
-    start_iter = trainer.iter + 1 if resume and checkpointer.has_checkpoint() else 0
+    start_iter = trainer.iter + 1 if resumed is not None else 0
     trainer.train(start_iter, cfg.train.max_iter)
     return {k: v[0] for k, v in trainer.storage.latest().items()}
 
 
 def do_train(
-    cfg: DictConfig, resume: bool = False, extra_hooks: ExtraHooks | None = None
+    cfg: DictConfig, resume: bool = False, extra_hooks: ExtraHooks | None = None,
+    prepare_dataset: Callable[[DictConfig, list], list] | None = None,
 ) -> dict[str, float]:
     """Trains ``cfg`` (a LazyConfig with ``model``, ``dataloader.train``, ``optimizer``,
     ``lr_multiplier``, ``train``) and returns the latest logged scalars.
@@ -279,9 +296,13 @@ def do_train(
     With ``resume=True`` it continues from ``train.output_dir/last_checkpoint`` if there is one:
     model (memory bank included), optimizer, scheduler, iteration, data order and random state.
     ``extra_hooks``: a run's own hooks (e.g. evaluation, see ``build_training``).
+    ``prepare_dataset(cfg, dataset)``: the training data set to use, called before the model is built
+    (the linear benchmark holds out its validation split and sets ``model.num_classes`` there).
     """
     scale_to_world_size(cfg, comm.get_world_size())
     dataset = instantiate_dataset(cfg.dataloader.train.dataset, "dataloader.train.dataset")
+    if prepare_dataset is not None:
+        dataset = prepare_dataset(cfg, dataset)
     fill_num_train_samples(cfg.model, len(dataset))
     check_num_train_samples(cfg.model, len(dataset))
     if cfg.train.get("epochs") is not None:
@@ -295,8 +316,10 @@ def do_train(
     optimized = [p for g in optimizer.param_groups for p in g["params"]]
     logger.info("optimizing %d tensors (%d values)", len(optimized), sum(p.numel() for p in optimized))
     train_loader = instantiate_with(cfg.dataloader.train, dataset=dataset)
-    trainer, checkpointer = build_training(cfg, model, train_loader, optimizer, extra_hooks)
-    return run_training(cfg, trainer, checkpointer, resume)
+    # The folder is the run's (run_folder) before the writers open metrics.json in it.
+    with holding_run_folder(cfg.train.output_dir, resume=resume, digest=config_digest(cfg)):
+        trainer, checkpointer = build_training(cfg, model, train_loader, optimizer, extra_hooks)
+        return run_training(cfg, trainer, checkpointer, resume)
 
 
 def allows_pickle(cfg: DictConfig) -> bool:
@@ -305,17 +328,28 @@ def allows_pickle(cfg: DictConfig) -> bool:
     return bool(OmegaConf.select(cfg, "train.weights_init.ALLOW_PICKLE", default=False))
 
 
-def setup_from_args(args) -> DictConfig:
+def setup_from_args(args, run: bool = False) -> DictConfig:
     """Config of a launched process: loaded, overridden and checked, then detectron2's
-    ``default_setup`` (output dir, config.yaml, seeding, loggers) plus d2ssl's own logger."""
+    ``default_setup`` (output dir, config.yaml, seeding, loggers) plus d2ssl's own logger.
+
+    ``run``: the tool trains a run in ``train.output_dir``, which is claimed first
+    (``d2ssl.engine.run_folder.claim_run_folder`` with ``--resume`` / ``--start-over``), before
+    ``default_setup`` writes config.yaml and the log there: a refused run leaves the folder as it was."""
     cfg = setup_config(args.config_file, args.opts)
     if getattr(args, "allow_pickle", False):  # --allow-pickle
         OmegaConf.update(cfg, "train.weights_init.ALLOW_PICKLE", True, force_add=True)
+    claimed = claim_run_folder(cfg.train.output_dir, resume=args.resume, start_over=getattr(
+        args, "start_over", False), digest=config_digest(cfg)) if run else None
     default_setup(cfg, args)
     setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="d2ssl")
+    if claimed is not None:
+        log_claim(claimed)
     return cfg
 
 
 def main(args) -> dict[str, float]:
     """Entry point of ``tools/train_net.py`` in each launched process."""
-    return do_train(setup_from_args(args), resume=args.resume)
+    cfg = setup_from_args(args, run=True)
+    # Unlocked at the end, even where training never starts (a bad data path).
+    with holding_run_folder(cfg.train.output_dir, resume=args.resume):
+        return do_train(cfg, resume=args.resume)

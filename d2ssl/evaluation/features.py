@@ -7,7 +7,20 @@ data set order::
     {output_dir}/{split}_{layer}.npy     float32 (N, D), written through a memory map
     {output_dir}/{split}_labels.npy      int64 (N,), when every image has a label
     {output_dir}/{split}_indices.npy     int64 (N,), the data set index of each row (0..N-1)
-    {output_dir}/{split}_meta.json       N, dims, layers, pooling, view, checkpoint: decides reuse
+    {output_dir}/{split}_meta.json       the reuse key (below), dims, and the checkpoint's path (for
+                                         information); written last, so it marks a finished extraction
+
+Reuse is by content, never by path: a finished extraction is reused only when its meta file holds
+the same key, made of everything that determines the features: ``weights_digest`` (sha256 of the
+trunk's state dict as loaded, BatchNorm buffers included: a checkpoint overwritten at the same path,
+or a random trunk of another seed, is other weights), ``dataset_digest`` (sha256 of every field of
+every dict, in order: file names, in-memory pixels, labels, ids), ``view`` (the mapper's class and
+parameters), ``layers``, ``pooling`` and ``EXTRACTION_VERSION`` (this code). Otherwise the features
+are recomputed, and one log line names the fields that differ (old -> new).
+
+The feature files are preallocated with real blocks on disk (``preallocate_npy``) before any page of
+their memory maps is written: a full disk then fails with ``No space left on device: <file>``
+instead of killing the process with SIGBUS when the kernel writes the pages back.
 
 Rows are placed by data set index, so the result does not depend on the loader's order, its
 number of workers or the number of processes: with several processes detectron2's
@@ -24,11 +37,14 @@ flattened; layers missing from the mapping are averaged globally.
 
 from __future__ import annotations
 
+import errno
+import functools
+import hashlib
 import json
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Union
 
@@ -45,11 +61,25 @@ from detectron2.utils.file_io import PathManager
 from omegaconf import DictConfig
 from torch import nn
 
-from d2ssl.checkpoint.load import load_weights_init
+from d2ssl.checkpoint.load import check_one_trunk_source, load_weights_init
+from d2ssl.utils.safe_io import atomic_write
 
 logger = logging.getLogger(__name__)
 
 LAYERS = ("conv1", "stem", "res2", "res3", "res4", "res5")
+# Part of the reuse key: raise it whenever a change of this module changes the features written.
+EXTRACTION_VERSION = 2
+# The meta fields that decide reuse, with how the log names them.
+KEY_FIELDS = {
+    "extraction_version": "extraction version",
+    "weights_digest": "weights digest",
+    "dataset_digest": "data set digest",
+    "num_images": "number of images",
+    "has_labels": "labels",
+    "view": "view",
+    "layers": "layers",
+    "pooling": "pooling",
+}
 Pooling = Union[str, Mapping[str, Sequence[Any]]]
 
 
@@ -223,9 +253,249 @@ def _layer_path(output_dir: str, split: str, layer: str) -> str:
     return os.path.join(output_dir, f"{split}_{layer}.npy")
 
 
-def _view_description(mapper: Any) -> str:
-    # Reuse must not hand back features of another view: the mapper's transform names it.
-    return f"{type(mapper).__name__}: {getattr(mapper, 'transform', '')!r}"
+# ---------------------------------------------------------------- what decides reuse
+
+def _record(digest: Any, tag: bytes, payload: bytes) -> None:
+    # Tagged and length-prefixed, so that no two different values feed the same bytes.
+    digest.update(tag + len(payload).to_bytes(8, "little") + payload)
+
+
+def _feed_array(digest: Any, array: np.ndarray) -> None:
+    array = np.ascontiguousarray(array)
+    _record(digest, b"A", f"{array.dtype.str}{array.shape}".encode())
+    _record(digest, b"a", array.tobytes())
+
+
+_PLAIN_TYPES = (str, int, float, bool, type(None))  # exact types, whose repr is their value
+
+
+def _feed_value(digest: Any, value: Any) -> None:
+    if value is None or isinstance(value, (bool, np.bool_)):
+        _record(digest, b"B", repr(None if value is None else bool(value)).encode())
+    elif isinstance(value, (int, np.integer)):
+        _record(digest, b"I", str(int(value)).encode())
+    elif isinstance(value, (float, np.floating)):
+        _record(digest, b"F", repr(float(value)).encode())
+    elif isinstance(value, str):
+        _record(digest, b"S", value.encode("utf-8", "surrogatepass"))
+    elif isinstance(value, (bytes, bytearray)):
+        _record(digest, b"Y", bytes(value))
+    elif isinstance(value, torch.Tensor):
+        _feed_tensor(digest, value)
+    elif isinstance(value, np.ndarray) or hasattr(value, "__array_interface__"):  # PIL images too
+        _feed_array(digest, np.asarray(value))
+    elif isinstance(value, Mapping):
+        # Plain fields (file names, labels, ids) in one repr: a data set of a million dicts takes
+        # seconds, not the minute that one record per field takes.
+        plain, other = [], []
+        for key in sorted(value, key=str):
+            item = value[key]
+            (plain if type(item) in _PLAIN_TYPES else other).append((str(key), item))
+        _record(digest, b"D", repr(plain).encode("utf-8", "surrogatepass"))
+        for key, item in other:
+            _feed_value(digest, key)
+            _feed_value(digest, item)
+    elif isinstance(value, (list, tuple)):
+        _record(digest, b"L", str(len(value)).encode())
+        for item in value:
+            _feed_value(digest, item)
+    else:  # e.g. a pathlib.Path; a repr holding an address differs each run: recomputed, never wrong
+        _record(digest, b"R", f"{type(value).__qualname__}:{value!r}".encode())
+
+
+def _feed_tensor(digest: Any, tensor: torch.Tensor) -> None:
+    tensor = tensor.detach().cpu().contiguous()
+    _record(digest, b"T", f"{tensor.dtype}{tuple(tensor.shape)}".encode())
+    # Bytes through uint8, which every dtype can be viewed as (bfloat16 has no numpy counterpart).
+    _record(digest, b"t", tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+
+
+def array_digest(array: np.ndarray) -> str:
+    """sha256 of an array's dtype, shape and bytes (e.g. the features a clustering was run on)."""
+    digest = hashlib.sha256()
+    _feed_array(digest, np.asarray(array))
+    return digest.hexdigest()
+
+
+def weights_digest(module: nn.Module) -> str:
+    """sha256 of ``module.state_dict()`` (parameters and buffers, BatchNorm statistics included):
+    names, dtypes, shapes and bytes, in sorted key order. Computed on the weights actually in the
+    module, so it names them whatever file (or random seed) they came from."""
+    digest = hashlib.sha256()
+    state = module.state_dict()
+    for name in sorted(state):
+        _feed_value(digest, name)
+        _feed_tensor(digest, state[name])
+    return digest.hexdigest()
+
+
+def dataset_digest(dicts: Iterable[Mapping[str, Any]]) -> str:
+    """sha256 of a data set's dicts in order, every field of each (file names, in-memory pixels,
+    labels, ids, annotations): two data sets of the same length differ unless their dicts do not.
+    Image files are named, not read: rewriting a file in place is not seen."""
+    digest = hashlib.sha256()
+    count, texts = 0, []
+
+    def flush() -> None:
+        # A run of dicts of plain fields, as one record: the concatenated reprs parse back unambiguously.
+        if texts:
+            _record(digest, b"P", "".join(texts).encode("utf-8", "surrogatepass"))
+            texts.clear()
+
+    for d in dicts:
+        count += 1
+        if type(d) is dict and all(type(k) is str and type(v) in _PLAIN_TYPES for k, v in d.items()):
+            texts.append(repr(sorted(d.items())))  # file_name, label, image_id: the common case, fast
+            if len(texts) == 4096:
+                flush()
+        else:
+            flush()
+            _feed_value(digest, d)
+    flush()
+    _record(digest, b"N", str(count).encode())
+    return digest.hexdigest()
+
+
+def _unidentified(name: str) -> str:
+    # Something whose content cannot be named: a fresh token each time, so it never matches (the
+    # features are recomputed, and the log shows which part of the view could not be named).
+    return f"{name}<unidentified {os.urandom(4).hex()}>"
+
+
+def _code_digest(code: Any) -> str:
+    # Bytecode, names and constants; nested functions' code by their own digest (a code object's
+    # repr holds its address).
+    consts = [_code_digest(c) if hasattr(c, "co_code") else repr(c) for c in code.co_consts]
+    return hashlib.sha256(code.co_code + repr((consts, code.co_names)).encode()).hexdigest()
+
+
+def _describe(value: Any, depth: int = 0) -> str:
+    if depth > 8:
+        return _unidentified(type(value).__qualname__)
+    if value is None or isinstance(value, (bool, int, float, str, np.generic)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_describe(v, depth + 1) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{k}: {_describe(value[k], depth + 1)}" for k in sorted(value, key=str)) + "}"
+    if isinstance(value, (np.ndarray, torch.Tensor)):
+        digest = hashlib.sha256()
+        _feed_value(digest, value)
+        return f"array{tuple(value.shape)}:{digest.hexdigest()[:16]}"
+    if isinstance(value, functools.partial):
+        return (f"partial({_describe(value.func, depth + 1)}, {_describe(list(value.args), depth + 1)}, "
+                f"{_describe(dict(value.keywords), depth + 1)})")
+    code = getattr(value, "__code__", None)
+    if code is not None:  # a function or method: its compiled body, constants, defaults and closure
+        body = _code_digest(code)[:12]
+        bound = [_describe(c.cell_contents, depth + 1) for c in (getattr(value, "__closure__", None) or ())]
+        bound += [_describe(getattr(value, attr, None), depth + 1)
+                  for attr in ("__defaults__", "__kwdefaults__", "__self__")]
+        return f"{getattr(value, '__module__', '')}.{getattr(value, '__qualname__', '')}#{body}{bound}"
+    name = type(value).__qualname__
+    if type(value).__repr__ is not object.__repr__:
+        text = repr(value)
+        if " at 0x" not in text:  # torchvision's transforms: their repr lists their parameters
+            return " ".join(text.split())
+    if not hasattr(value, "__dict__"):
+        return _unidentified(name)
+    fields = ", ".join(f"{k}={_describe(v, depth + 1)}" for k, v in sorted(vars(value).items()))
+    return f"{name}({fields})"
+
+
+def view_description(mapper: Any) -> str:
+    """One line naming the view a mapper gives: its class and every attribute, recursively (sizes,
+    crops, normalisation, the transforms' parameters), so that reuse never hands back features of
+    another view. Functions are named with a digest of their code."""
+    return _describe(mapper)
+
+
+def _reserve_space(f: Any, offset: int, nbytes: int) -> None:
+    """Allocates ``nbytes`` of real blocks after ``offset`` of the open file ``f``: a full disk raises
+    ``OSError(ENOSPC)`` here rather than later, when a memory-mapped page is written back (SIGBUS)."""
+    if nbytes == 0:
+        return
+    fallocate = getattr(os, "posix_fallocate", None)
+    if fallocate is not None:
+        try:
+            fallocate(f.fileno(), offset, nbytes)
+            return
+        except OSError as e:
+            if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                raise
+    # No fallocate on this file system: write the zeros (fsync: NFS reports a full disk only there).
+    f.seek(offset)
+    chunk = memoryview(bytes(min(nbytes, 1 << 24)))
+    remaining = nbytes
+    while remaining:
+        remaining -= f.write(chunk[: min(remaining, len(chunk))])
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def preallocate_npy(path: str, shape: Sequence[int], dtype: Any = np.float32) -> None:
+    """Writes a ``.npy`` file of zeros of ``shape`` and ``dtype`` with all its blocks allocated, to be
+    filled through ``np.lib.format.open_memmap(path, "r+")``.
+
+    Raises:
+        OSError: ``No space left on device: <path>`` (ENOSPC, or EDQUOT for a quota) when the file
+            does not fit; the partial file is removed.
+    """
+    dtype = np.dtype(dtype)
+    header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
+              "shape": tuple(int(n) for n in shape)}
+    nbytes = int(np.prod(header["shape"], dtype=np.int64)) * dtype.itemsize
+    try:
+        with open(path, "wb") as f:
+            np.lib.format.write_array_header_1_0(f, header)
+            f.flush()
+            _reserve_space(f, f.tell(), nbytes)
+    except OSError as e:
+        try:
+            os.remove(path)  # free what was allocated
+        except OSError:
+            pass
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise OSError(e.errno, os.strerror(e.errno), path) from e
+        raise
+
+
+def _changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
+    """``weights digest 3fa1c0d2e4b5.. -> 9bc2...; view ...``: the key fields that differ."""
+    def show(field: str, value: Any) -> str:
+        if field.endswith("_digest") and isinstance(value, str):
+            return value[:12] + ".."
+        return json.dumps(value) if not isinstance(value, str) else value
+
+    return "; ".join(
+        f"{label} {show(field, old.get(field))} -> {show(field, new.get(field))}"
+        for field, label in KEY_FIELDS.items() if old.get(field) != new.get(field)
+    )
+
+
+def _read_meta(meta_path: str) -> dict | None:
+    if not PathManager.exists(meta_path):
+        return None
+    try:
+        with PathManager.open(meta_path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None  # unreadable: treated as no finished extraction
+
+
+def _reusable(output_dir: str, split: str, key: dict) -> tuple[bool, str]:
+    """Whether the finished extraction in ``output_dir`` has ``key``, and why not."""
+    meta = _read_meta(_paths(output_dir, split)["meta"])
+    if meta is None:
+        return False, "no finished extraction there"
+    changes = _changes(meta, key)
+    if changes:
+        return False, changes
+    try:
+        load_features(output_dir, split, key["layers"])
+    except (OSError, ValueError, KeyError) as e:
+        return False, f"its files do not match its meta file ({e})"
+    return True, ""
 
 
 def extract_features(
@@ -247,9 +517,10 @@ def extract_features(
 
     Args:
         model: an ``SSLMetaArch`` (its ``.trunk`` is used) or a bare detectron2 ``ResNet``.
-        checkpoint: the weights' name, stored in the meta file: reuse needs the same one.
-        reuse: if the meta file of a finished extraction with the same settings (data set length,
-            layers, pooling, view, checkpoint) is there, load it instead of recomputing.
+        checkpoint: where the weights came from, stored in the meta file for information only:
+            reuse is decided by the digest of the weights in the trunk.
+        reuse: if the meta file of a finished extraction has the same key (weights digest, data set
+            digest, view, layers, pooling, extraction version), load it instead of recomputing.
         sampler: the loader's sampler (default: ``InferenceSampler``, this rank's shard); rows are
             placed by data set index whatever order it yields.
     """
@@ -257,22 +528,34 @@ def extract_features(
     if not dataset:
         raise ValueError(f"cannot extract features of an empty data set (split {split!r})")
     paths = _paths(output_dir, split)
-    has_labels = all("label" in d for d in dataset)
-    settings = {
+    trunk = get_trunk(model)
+    key = {
+        "extraction_version": EXTRACTION_VERSION,
+        "weights_digest": weights_digest(trunk),
+        "dataset_digest": dataset_digest(dataset),
         "num_images": len(dataset),
+        "has_labels": all("label" in d for d in dataset),
+        "view": view_description(mapper),
         "layers": layers,
         "pooling": pooling if isinstance(pooling, str) else {k: list(v) for k, v in dict(pooling).items()},
-        "view": _view_description(mapper),
-        "checkpoint": checkpoint,
-        "has_labels": has_labels,
     }
-    settings = json.loads(json.dumps(settings, default=list))
-    if reuse and _finished_with(paths["meta"], settings):
-        logger.info("reusing the %s features in %s (same data set, layers, view and weights)",
-                    split, output_dir)
+    key = json.loads(json.dumps(key, default=list))
+    # Every rank must take the same decision (they meet in comm.synchronize below), on the same weights.
+    reusable, why = _reusable(output_dir, split, key) if reuse else (False, "reuse=False")
+    decisions = comm.all_gather((key["weights_digest"], reusable))
+    digests = [d for d, _ in decisions]
+    if len(set(digests)) > 1:
+        raise ValueError(
+            f"the trunk holds other weights on each process (weights digests {[d[:12] for d in digests]}): "
+            f"features of split {split!r} would mix them; load the same weights on every rank"
+        )
+    if all(r for _, r in decisions):
+        logger.info("reusing the %s features in %s (same weights %s.., data set %s.., view, layers, "
+                    "pooling)", split, output_dir, key["weights_digest"][:12], key["dataset_digest"][:12])
         return load_features(output_dir, split, layers)
+    if comm.is_main_process():
+        logger.info("%s features in %s: %s; computing", split, output_dir, why)
 
-    trunk = get_trunk(model)
     dims = _feature_dims(trunk, mapper(dict(dataset[0])), layers, pooling)
     n = len(dataset)
     if comm.is_main_process():
@@ -281,7 +564,11 @@ def extract_features(
             PathManager.rm(paths["meta"])  # the files are about to change: not reusable until done
         for layer in layers:
             path = _layer_path(output_dir, split, layer)
-            np.lib.format.open_memmap(path, "w+", np.float32, (n, dims[layer]))
+            if os.path.exists(path):
+                # Unlinked, not truncated: memory maps of the old features stay valid (and their
+                # blocks are freed once unmapped).
+                os.remove(path)
+            preallocate_npy(path, (n, dims[layer]), np.float32)
     comm.synchronize()
     outputs = {
         layer: np.lib.format.open_memmap(_layer_path(output_dir, split, layer), "r+") for layer in layers
@@ -296,23 +583,16 @@ def extract_features(
                 ", ".join(f"{k}: {v}-d" for k, v in dims.items()), time.perf_counter() - start)
     comm.synchronize()
     if comm.is_main_process():
-        np.save(paths["indices"], np.arange(n, dtype=np.int64))
-        if has_labels:
-            np.save(paths["labels"], np.array([int(d["label"]) for d in dataset], dtype=np.int64))
+        atomic_write(paths["indices"], lambda f: np.save(f, np.arange(n, dtype=np.int64)))
+        if key["has_labels"]:
+            labels = np.array([int(d["label"]) for d in dataset], dtype=np.int64)
+            atomic_write(paths["labels"], lambda f: np.save(f, labels))
         elif PathManager.exists(paths["labels"]):
             PathManager.rm(paths["labels"])
-        with PathManager.open(paths["meta"], "w") as f:
-            json.dump({**settings, "dims": dims}, f, indent=2)
+        meta = {**key, "dims": dims, "checkpoint": checkpoint}
+        atomic_write(paths["meta"], lambda f: json.dump(meta, f, indent=2), mode="w")
     comm.synchronize()
     return load_features(output_dir, split, layers)
-
-
-def _finished_with(meta_path: str, settings: dict) -> bool:
-    if not PathManager.exists(meta_path):
-        return False
-    with PathManager.open(meta_path) as f:
-        meta = json.load(f)
-    return all(meta.get(k) == v for k, v in settings.items())
 
 
 def load_features(output_dir: str, split: str, layers: Sequence[str] = ("res5",)) -> FeatureSet:
@@ -337,6 +617,13 @@ def load_features(output_dir: str, split: str, layers: Sequence[str] = ("res5",)
     return FeatureSet(features, labels, np.load(paths["indices"]))
 
 
+def extracted_dataset_digest(output_dir: str, split: str) -> str | None:
+    """The ``dataset_digest`` of the images a finished extraction of ``split`` holds features of (its
+    meta file), or None where the meta file predates the digest."""
+    with PathManager.open(_paths(output_dir, split)["meta"]) as f:
+        return json.load(f).get("dataset_digest")
+
+
 # ---------------------------------------------------------------- config-driven entry (the tool)
 
 EXTRACTION_KEYS = ("layers", "pooling", "batch_size", "num_workers", "output_dir", "splits", "reuse")
@@ -344,12 +631,14 @@ EXTRACTION_KEYS = ("layers", "pooling", "batch_size", "num_workers", "output_dir
 
 def build_model_for_extraction(cfg: DictConfig) -> nn.Module:
     """``cfg.model`` (a model or a bare trunk) with ``train.weights_init`` (any layout the importer
-    reads, heads skipped) or else ``train.init_checkpoint`` (a d2ssl run's ``model_final.pth``) loaded
-    into its trunk by the same importer, which reads files without unpickling code.
+    reads, heads skipped) or ``train.init_checkpoint`` (a d2ssl run's ``model_final.pth``) loaded
+    into its trunk by the same importer, which reads files without unpickling code. Both set is an
+    error (``d2ssl.checkpoint.load.check_one_trunk_source``), raised before anything is built.
 
     The model is initialised from ``train.seed`` in every process (detectron2 seeds rank r with
     seed + r), so a randomly initialised trunk, the baseline of every evaluation, is the same
     trunk on every rank and in every run."""
+    check_one_trunk_source(cfg.train)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.train.get("seed", 0))
         model = instantiate(cfg.model)
@@ -369,7 +658,8 @@ def extract_from_config(cfg: DictConfig) -> dict[str, FeatureSet]:
         raise KeyError(f"unknown key extraction.{unknown[0]}; allowed: {list(EXTRACTION_KEYS)}")
     model = build_model_for_extraction(cfg)
     weights_init = cfg.train.get("weights_init") or {}
-    checkpoint = cfg.train.get("init_checkpoint") or weights_init.get("PARAMS_FILE", "")
+    # Information only: reuse is decided by the digest of the weights loaded.
+    checkpoint = weights_init.get("PARAMS_FILE") or cfg.train.get("init_checkpoint") or ""
     pooling = ex.pooling if isinstance(ex.pooling, str) else {k: list(v) for k, v in ex.pooling.items()}
     results = {}
     for split in ex.splits:

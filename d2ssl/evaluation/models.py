@@ -22,6 +22,7 @@ the ``ResNet`` also works, whatever ``out_features`` the trunk was built with.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -31,6 +32,8 @@ from torch.nn import functional as F
 
 from d2ssl.data.device_augmentation import stack_views
 from d2ssl.utils.events import log_metrics
+
+logger = logging.getLogger(__name__)
 
 FEATURE_ORDER = ("conv1", "stem", "res2", "res3", "res4", "res5")
 
@@ -68,7 +71,8 @@ class PooledLinearHead(nn.Module):
         num_classes: outputs.
         pool: ``(kernel, stride, padding)`` of an ``AvgPool2d`` (VISSL's pool ops), or ``None``
             for global average pooling.
-        use_bn: BatchNorm2d on the pooled map before the Linear (VISSL's ``eval_mlp``).
+        use_bn: BatchNorm on the pooled map before the Linear (VISSL's ``eval_mlp``), synchronised
+            across processes (``nn.SyncBatchNorm``, see below).
         init_std: normal(0, init_std) weights and zero bias (MoCo/JigClu: 0.01); ``None`` keeps
             PyTorch's default Linear initialisation (VISSL's ``MLP``).
     """
@@ -82,8 +86,13 @@ class PooledLinearHead(nn.Module):
             kernel, stride, padding = pool
             kernel = tuple(kernel) if isinstance(kernel, Sequence) else kernel
             self.pool = nn.AvgPool2d(kernel, stride, padding)
-        # VISSL's HEAD.BATCHNORM_EPS / BATCHNORM_MOMENTUM defaults: 1e-5, 0.1 (PyTorch's).
-        self.bn = nn.BatchNorm2d(in_channels) if use_bn else nn.Identity()
+        # VISSL's HEAD.BATCHNORM_EPS / BATCHNORM_MOMENTUM defaults: 1e-5, 0.1 (PyTorch's). SyncBatchNorm
+        # as VISSL's linear benchmark converts every BN (eval_resnet_8gpu_transfer_in1k_linear.yaml
+        # l.87-89, CONVERT_BN_TO_SYNC_BN: True): across processes the heads' statistics are those of the
+        # global batch, identical on every rank (each rank scores its test shard, rank 0 saves them).
+        # On one process it is plain BatchNorm; on CPU ranks create_ddp_model swaps in detectron2's
+        # NaiveSyncBatchNorm (d2ssl.utils.distributed.sync_batchnorm_on_cpu), as for norm="SyncBN" trunks.
+        self.bn = nn.SyncBatchNorm(in_channels) if use_bn else nn.Identity()
         self.linear = nn.Linear(in_dim, num_classes)
         if init_std is not None:
             nn.init.normal_(self.linear.weight, mean=0.0, std=init_std)
@@ -112,7 +121,8 @@ class TrunkClassifier(nn.Module):
         heads: ``{name: {"feature": "res5", "pool": None | (k, s, p), "use_bn": bool,
             "init_std": float | None}}``; input sizes are measured with one dry forward pass of a
             ``(1, 3, input_size, input_size)`` zero image.
-        num_classes: number of classes.
+        num_classes: number of classes; a config's ``None`` is replaced by the data's count before the
+            model is built (``resolve_num_classes``), the model itself needs an int.
         input_size: crop size the model is trained and evaluated at.
         freeze_trunk: linear benchmark (True) or fine-tuning (False); see the module docstring.
 
@@ -121,11 +131,15 @@ class TrunkClassifier(nn.Module):
     ``<head>_accuracy`` goes to the event storage), ``{head: (N, num_classes) logits}`` in eval.
     """
 
-    def __init__(self, trunk: ResNet, heads: Mapping[str, Mapping], num_classes: int, input_size: int = 224,
-                 freeze_trunk: bool = True):
+    def __init__(self, trunk: ResNet, heads: Mapping[str, Mapping], num_classes: int | None,
+                 input_size: int = 224, freeze_trunk: bool = True):
         super().__init__()
         if not heads:
             raise ValueError("TrunkClassifier needs at least one head")
+        if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
+            raise ValueError(
+                f"TrunkClassifier needs num_classes as a positive int, got {num_classes!r}: a config's "
+                f"model.num_classes=null is taken from the data by do_linear_benchmark (resolve_num_classes)")
         self.trunk = trunk
         self.num_classes = num_classes
         self.freeze_trunk = freeze_trunk
@@ -193,6 +207,50 @@ class TrunkClassifier(nn.Module):
         log_metrics(**{f"{name}_accuracy": (out.argmax(1) == labels).float().mean()
                        for name, out in logits.items()})
         return losses
+
+
+def resolve_num_classes(
+    configured: int | str | None, labelled: Mapping[str, Sequence[dict]], key: str = "model.num_classes"
+) -> int:
+    """The number of classes of a classifier trained and evaluated on the data sets ``labelled``
+    (``{config key: list of dicts with "label"}``: training, validation and test data).
+
+    Classes are ``0 .. C-1`` with ``C`` = the largest label of all these data sets + 1, and every one
+    of them must be the label of some image in one of them: a gap is an error naming the missing
+    labels. The union is taken, not the training set alone, because a semi-supervised subset
+    (1 % of ImageNet) may miss classes that the full label set, and the test set, have.
+    ``configured`` ``None`` or ``"auto"``: returns ``C``; an int that differs from ``C`` is an error
+    naming ``key``, the value and the data sets' count (a 10-way classifier on 8 classes would train
+    without complaint, reporting accuracies over classes that do not exist).
+    """
+    seen: dict[str, set[int]] = {}
+    for name, dataset in labelled.items():
+        labels = {int(d["label"]) for d in dataset if "label" in d}
+        negative = sorted(y for y in labels if y < 0)
+        if negative:
+            raise ValueError(f"{name}: labels {negative[:5]} are negative; a classifier needs labels 0..C-1")
+        seen[name] = labels
+    union = set().union(*seen.values()) if seen else set()
+    if not union:
+        raise ValueError(f"cannot infer {key}: {sorted(labelled)} hold no labelled image")
+    count = max(union) + 1
+    missing = sorted(set(range(count)) - union)
+    if missing:
+        raise ValueError(
+            f"labels {missing[:10]}{' ...' if len(missing) > 10 else ''} of 0..{count - 1} are the label "
+            f"of no image in {', '.join(sorted(labelled))}: classes must be numbered 0..C-1 without gaps; "
+            f"renumber the labels (labels file / list file) or add images of those classes")
+    counts = ", ".join(f"{name} {len(labels)}" for name, labels in seen.items())
+    if configured is None or configured == "auto":
+        logger.info("%s inferred from the data: %d (classes seen: %s)", key, count, counts)
+        return count
+    if isinstance(configured, bool) or not isinstance(configured, int):
+        raise ValueError(f"{key}={configured!r}: expected a positive int, or null/'auto' to infer it")
+    if configured != count:
+        raise ValueError(
+            f"{key}={configured} but the data sets have {count} classes (labels 0..{count - 1}; distinct "
+            f"labels: {counts}): set {key}={count}, or {key}=null to take it from the data")
+    return count
 
 
 class LastLayerLrFactor:

@@ -4,6 +4,8 @@ no display and no global backend state).
 - ``plot_embedding_map``: t-SNE (scikit-learn) of cached features, a point per image coloured by
   label; features are subsampled per class first (t-SNE is quadratic in the number of points).
 - ``plot_sweep``: accuracy of every finished sweep trial against each swept value.
+- ``plot_series``: named series of (x, value) points as lines (kNN top-1 against k, top-1 against
+  pretraining iteration) or, with categorical x, as grouped bars (top-1 per layer).
 """
 
 from __future__ import annotations
@@ -95,6 +97,26 @@ def plot_sweep(rows: Sequence[dict], params: Sequence[str], path: str, log_scale
             ax.set_xscale("log")
         ax.set_xlabel(name), ax.set_ylabel("val top-1 (%)")
     fig.suptitle(f"{len(done)} finished trials")
+    _save(fig, path)
+
+
+def plot_series(series: dict[str, Sequence[tuple]], path: str, xlabel: str, ylabel: str, title: str = "",
+                categorical: bool = False) -> None:
+    """``{name: [(x, value), ...]}`` as one line per name (``categorical``: bars per x, in order)."""
+    fig = Figure(figsize=(5.5, 3.5))
+    ax = fig.subplots()
+    for i, (name, points) in enumerate(series.items()):
+        xs, ys = [p[0] for p in points], [p[1] for p in points]
+        if categorical:
+            width = 0.8 / len(series)
+            ax.bar(np.arange(len(xs)) + i * width, ys, width, label=name)
+            ax.set_xticks(np.arange(len(xs)) + 0.4 - width / 2, [str(x) for x in xs])
+        else:
+            ax.plot(xs, ys, marker="o", label=name)
+    ax.set_xlabel(xlabel), ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if len(series) > 1:
+        ax.legend(fontsize=7, loc="best")
     _save(fig, path)
 
 

@@ -11,45 +11,92 @@ A parameter is ``NAME=SPEC``: ``1e-3:10:log`` (log-uniform float), ``0:0.1`` (un
 ``64,128,256`` (categorical). Samplers: ``grid`` (every combination; a float range becomes
 ``grid_points`` values, log-spaced for ``:log``), ``random``, ``tpe``, all seeded.
 
-Objectives (``params -> val top-1``):
+Trials are compared on a validation split, never on the split they report: an objective returns the
+trial's top-1 on its validation split (what Optuna maximises) and on the test split (reported beside
+it, never selected on). ``trials.csv``/``trials.json`` carry both, with ``selected_on``/``scored_on``.
+
+Objectives (``params -> {"val_top1", "test_top1"}``):
 - ``cached_features_objective``: the fast path (``d2ssl.evaluation.linear_grid``) on extracted
-  features; parameters ``lr``, ``weight_decay``, ``batch_size``, ``epochs``, ``momentum``;
+  features, selecting on ``val_fraction`` of every training class (or an extracted ``val_split``);
+  parameters ``lr``, ``weight_decay``, ``batch_size``, ``epochs``, ``momentum``;
 - ``linear_benchmark_objective``: a full linear benchmark (``do_linear_benchmark``) from a config;
   parameters are config keys (``optimizer.lr``, ``dataloader.train.total_batch_size``, ...) applied
-  as ``key=value`` overrides, each trial in ``{output_dir}/trial_NNNN``.
+  as ``key=value`` overrides, each trial in ``{output_dir}/trial_NNNN``; the last evaluation's val
+  top-1 (``dataloader.val``, or ``val_fraction`` of the training data when the config has none).
 
-Every trial goes to ``trials.csv``/``trials.json`` and ``sweep.png`` (accuracy against each value).
+A study is bound to what it evaluates: its user attributes hold the objective's identity (the
+content digest of the features' meta files, or of the resolved config, overrides and weights file),
+the search space and the selection split. Continuing a study with anything else is refused, naming
+what differs: a study's trials are only comparable when they measured the same thing.
+
+Every trial goes to ``trials.csv``/``trials.json`` and ``sweep.png`` (val accuracy against each value).
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
 import math
 import os
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import optuna
 from detectron2.utils.file_io import PathManager
+from omegaconf import OmegaConf
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
+from d2ssl.checkpoint.zoo import is_zoo_name, local_zoo_file
 from d2ssl.engine.train_loop import setup_config
-from d2ssl.evaluation.features import load_features
-from d2ssl.evaluation.linear import do_linear_benchmark
-from d2ssl.evaluation.linear_grid import train_linear_grid
+from d2ssl.evaluation.features import _paths as feature_paths
+from d2ssl.evaluation.linear import do_linear_benchmark, validation_source
+from d2ssl.evaluation.linear_grid import selection_splits, train_linear_grid
 from d2ssl.evaluation.plots import plot_sweep
 
 logger = logging.getLogger(__name__)
 
 SAMPLERS = ("grid", "random", "tpe")
 TRACKERS = ("tensorboard", "wandb")
-# Objective: (parameter values, trial folder name) -> validation top-1 (%).
-Objective = Callable[[dict, str], float]
+IDENTITY_ATTR = "identity"
+
+
+@dataclass
+class Objective:
+    """What a sweep maximises: ``run(values, trial_dir)`` returns ``{"val_top1": %, "test_top1": % or
+    None}`` (Optuna maximises ``val_top1``); ``identity`` (JSON) says what the trials evaluate, so a
+    study is only continued for the same thing; ``selected_on``/``scored_on`` name the splits."""
+
+    run: Callable[[dict, str], dict]
+    identity: dict = field(default_factory=dict)
+    selected_on: str = "val"
+    scored_on: str = "test"
+
+    def __call__(self, values: dict, trial_dir: str) -> dict:
+        return self.run(values, trial_dir)
+
+
+def file_sha256(path: str) -> str:
+    """Content digest of a file (read in 1 MiB blocks)."""
+    digest = hashlib.sha256()
+    with PathManager.open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _stable_name(value: object) -> str:
+    # Callables in a LazyConfig (``_target_``) by their import path: str() would hold a memory address.
+    name = getattr(value, "__qualname__", None)
+    return f"{getattr(value, '__module__', '')}.{name}" if name else repr(value)
+
+
+def _sha256_json(value: object) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=_stable_name).encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -125,6 +172,49 @@ def _study(storage_file: str, study_name: str, sampler: str, params: Sequence[Se
                                load_if_exists=True)
 
 
+def study_identity(objective: Objective, params: Sequence[SearchParam]) -> dict:
+    """What a study measures: the objective's identity, the search space and the selection split."""
+    return {"objective": objective.identity, "search_space": [asdict(p) for p in params],
+            "selected_on": objective.selected_on, "scored_on": objective.scored_on}
+
+
+def _differences(old: object, new: object, where: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in sorted(set(old) | set(new), key=str):
+            out += _differences(old.get(key), new.get(key), f"{where}.{key}" if where else str(key))
+        return out
+    return [] if old == new else [f"{where or 'identity'}: the study has {old!r}, this call {new!r}"]
+
+
+def bind_study(study: optuna.Study, identity: dict, storage_file: str) -> None:
+    """Stores ``identity`` in a new study, or checks it against the one an existing study holds.
+
+    Raises:
+        ValueError: the study was made for something else (other features, config, search space or
+            selection split), or by a d2ssl that did not record it; names what differs.
+    """
+    identity = json.loads(json.dumps(identity, sort_keys=True, default=_stable_name))  # as stored: JSON
+    stored = study.user_attrs.get(IDENTITY_ATTR)
+    how = ("Continue it with the arguments it was made with, or start another study: another --output-dir "
+           "or another --study-name")
+    if stored is None:
+        if study.get_trials(deepcopy=False):
+            raise ValueError(
+                f"study {study.study_name!r} in {storage_file} has trials but no record of what they "
+                f"evaluated (made by an older d2ssl): its accuracies cannot be compared with this sweep's. "
+                f"{how}")
+        study.set_user_attr(IDENTITY_ATTR, identity)
+        study.set_user_attr(f"{IDENTITY_ATTR}_sha256", _sha256_json(identity))
+        return
+    differences = _differences(stored, identity)
+    if differences:
+        raise ValueError(
+            f"study {study.study_name!r} in {storage_file} was made for another evaluation, so continuing it "
+            f"would mix or reuse accuracies of something else. Differences: " + "; ".join(differences[:5])
+            + f". {how}")
+
+
 def _finished(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
 
@@ -148,7 +238,9 @@ def run_sweep(
         raise ValueError(f"tracker must be one of {TRACKERS} or None, got {tracker!r}")
     PathManager.mkdirs(output_dir)
     grid = grid_points if sampler == "grid" else None
-    study = _study(os.path.join(output_dir, "sweep.db"), study_name, sampler, params, seed, grid_points)
+    storage_file = os.path.join(output_dir, "sweep.db")
+    study = _study(storage_file, study_name, sampler, params, seed, grid_points)
+    bind_study(study, study_identity(objective, params), storage_file)
     already = _finished(study)
     if already:
         logger.info("continuing study %r: %d of %d trials finished", study_name, already, n_trials)
@@ -160,7 +252,11 @@ def run_sweep(
         with warnings.catch_warnings():  # as above
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             number = RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)
-        return round(float(objective(values, f"trial_{trial.number if number is None else number:04d}")), 4)
+        scores = objective(values, f"trial_{trial.number if number is None else number:04d}")
+        test = scores.get("test_top1")
+        # Reported beside the trial, never what the sampler or the best trial is chosen by.
+        trial.set_user_attr("test_top1", None if test is None else round(float(test), 4))
+        return round(float(scores["val_top1"]), 4)
 
     callbacks = [optuna.study.MaxTrialsCallback(n_trials, states=(TrialState.COMPLETE,))]
     if tracker:
@@ -171,35 +267,48 @@ def run_sweep(
     return study
 
 
+SELECTION_RULE = ("the finished trial with the highest val top-1 (Optuna's best trial) is selected; its "
+                  "test top-1 is reported, measured by the same trial")
+
+
 def trial_rows(study: optuna.Study) -> list[dict]:
-    """One dict per trial: number, state, value (val top-1), the parameters, duration in seconds."""
+    """One dict per trial: number, state, val_top1 (what trials are compared by), test_top1 (reported,
+    never compared), the parameters, duration in seconds."""
     rows = []
     for t in study.get_trials(deepcopy=False):
         duration = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete else None
-        rows.append({"number": t.number, "state": t.state.name, "value": t.value, **t.params,
-                     "duration_s": duration})
+        rows.append({"number": t.number, "state": t.state.name, "val_top1": t.value,
+                     "test_top1": t.user_attrs.get("test_top1"), **t.params, "duration_s": duration})
     return rows
 
 
 def write_sweep_report(study: optuna.Study, params: Sequence[SearchParam], output_dir: str) -> list[dict]:
-    """Writes ``trials.csv``, ``trials.json`` (with the best trial) and ``sweep.png``."""
+    """Writes ``trials.csv``, ``trials.json`` (``selected_on``, ``scored_on``, the rule, the selected
+    trial) and ``sweep.png``."""
     rows = trial_rows(study)
     names = [p.name for p in params]
-    columns = ["number", "state", "value", *names, "duration_s"]
+    columns = ["number", "state", "val_top1", "test_top1", *names, "duration_s"]
     with PathManager.open(os.path.join(output_dir, "trials.csv"), "w") as f:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    best = None
+    selected = None
     if _finished(study):
-        best = {"number": study.best_trial.number, "value": study.best_value, **study.best_params}
+        best = study.best_trial
+        selected = {"number": best.number, "val_top1": best.value,
+                    "test_top1": best.user_attrs.get("test_top1"), **best.params}
+    identity = study.user_attrs.get(IDENTITY_ATTR, {})
     with PathManager.open(os.path.join(output_dir, "trials.json"), "w") as f:
-        json.dump({"study": study.study_name, "best": best, "trials": rows}, f, indent=2)
+        json.dump({"study": study.study_name, "selected_on": identity.get("selected_on"),
+                   "scored_on": identity.get("scored_on"), "rule": SELECTION_RULE, "selected": selected,
+                   "identity": identity, "trials": rows}, f, indent=2)
     log_scale = [p.name for p in params if p.log]
-    plot_sweep(rows, names, os.path.join(output_dir, "sweep.png"), log_scale=log_scale)
-    if best:
-        logger.info("best of %d finished trials: %.2f with %s", _finished(study), best["value"],
-                    {k: v for k, v in best.items() if k not in ("number", "value")})
+    plot_sweep(rows, names, os.path.join(output_dir, "sweep.png"), log_scale=log_scale, metric="val_top1")
+    if selected:
+        logger.info("selected among %d finished trials on %s: val top-1 %.2f, test top-1 %s, with %s",
+                    _finished(study), identity.get("selected_on"), selected["val_top1"],
+                    selected["test_top1"],
+                    {k: v for k, v in selected.items() if k not in ("number", "val_top1", "test_top1")})
     return rows
 
 
@@ -238,47 +347,86 @@ FAST_PATH_PARAMS = ("lr", "weight_decay", "batch_size", "epochs", "momentum")
 def cached_features_objective(
     features_dir: str,
     train_split: str = "train",
-    val_split: str = "test",
+    test_split: str = "test",
     layer: str = "res5",
     epochs: int = 100,
     batch_size: int = 256,
     schedule: str = "cosine",
     standardize: bool = False,
     seed: int = 0,
+    val_split: str | None = None,
+    val_fraction: float = 0.1,
+    val_seed: int = 0,
 ) -> Objective:
-    """The fast path as an objective: one linear classifier on features extracted to
-    ``features_dir``, its val top-1. Features are loaded once, here."""
-    train = load_features(features_dir, train_split, (layer,)).subset(slice(None))
-    val = load_features(features_dir, val_split, (layer,)).subset(slice(None))
+    """The fast path as an objective: one linear classifier on features extracted to ``features_dir``,
+    trained on the training rows, its top-1 on the validation rows (``selection_splits``: an extracted
+    ``val_split`` or ``val_fraction`` of every training class) and on ``test_split``. Features are
+    loaded once, here; the identity holds the content digest of each split's meta file."""
+    splits = selection_splits(features_dir, layer, train_split, test_split, val_split, val_fraction, val_seed)
+    used = [train_split, test_split, *([val_split] if val_split else [])]
+    identity = {
+        "kind": "cached_features",
+        "meta_sha256": {split: file_sha256(feature_paths(features_dir, split)["meta"]) for split in used},
+        "layer": layer, "epochs": epochs, "batch_size": batch_size, "schedule": schedule,
+        "standardize": standardize, "seed": seed, "validation": splits.selection["selected_on"],
+    }
 
-    def objective(values: dict, trial_dir: str) -> float:
+    def run(values: dict, trial_dir: str) -> dict:
         unknown = sorted(set(values) - set(FAST_PATH_PARAMS))
         if unknown:
             raise ValueError(f"the cached-features objective sweeps {list(FAST_PATH_PARAMS)}, not {unknown}")
         settings = {"lr": 0.1, "weight_decay": 0.0, "momentum": 0.9, "epochs": epochs,
                     "batch_size": batch_size, **values}
         result = train_linear_grid(
-            train, val, layer, lrs=(settings["lr"],), weight_decays=(settings["weight_decay"],),
+            splits.fit, splits.val, layer, lrs=(settings["lr"],), weight_decays=(settings["weight_decay"],),
             standardize=(standardize,), epochs=int(settings["epochs"]),
             batch_size=int(settings["batch_size"]), momentum=settings["momentum"], schedule=schedule,
-            seed=seed,
+            seed=seed, test=splits.test, selection=splits.selection,
         )
-        return result.cells[0]["top1"]
+        return {"val_top1": result.cells[0]["val_top1"], "test_top1": result.cells[0]["test_top1"]}
 
-    return objective
+    return Objective(run, identity, splits.selection["selected_on"], test_split)
 
 
-def linear_benchmark_objective(config_file: str, overrides: Sequence[str], output_dir: str) -> Objective:
+def _weights_digests(cfg) -> dict:
+    """Content digests of the weights files a config names (``train.weights_init.PARAMS_FILE``,
+    ``train.init_checkpoint``): the same path may hold other weights tomorrow."""
+    out = {}
+    for key in ("train.weights_init.PARAMS_FILE", "train.init_checkpoint"):
+        path = OmegaConf.select(cfg, key, default=None)
+        if isinstance(path, str) and is_zoo_name(path):  # the checked local copy's bytes, not the name
+            path = local_zoo_file(path)
+        if isinstance(path, str) and path and PathManager.isfile(path):
+            out[key] = file_sha256(path)
+    return out
+
+
+def linear_benchmark_objective(
+    config_file: str, overrides: Sequence[str], output_dir: str, val_fraction: float = 0.1
+) -> Objective:
     """A full linear benchmark per trial: ``config_file`` with ``overrides``, the trial's values as
-    ``key=value`` overrides and ``train.output_dir={output_dir}/{trial}``; returns its ``top1``."""
-    def objective(values: dict, trial_dir: str) -> float:
+    ``key=value`` overrides and ``train.output_dir={output_dir}/{trial}``; returns the last
+    evaluation's val and test top-1. A config with no validation split of its own (``dataloader.val``)
+    holds out ``val_fraction`` of every training class (``dataloader.val.fraction``)."""
+    overrides = list(overrides)
+    cfg = setup_config(config_file, overrides)
+    if validation_source(cfg) is None:
+        overrides.append(f"dataloader.val.fraction={val_fraction}")
+        cfg = setup_config(config_file, overrides)
+    selected_on = validation_source(cfg)
+    resolved = OmegaConf.to_container(cfg, resolve=False)
+    # The resolved config's content, not its path: the same file may change, another path may hold it.
+    identity = {"kind": "linear_benchmark", "config_sha256": _sha256_json(resolved), "overrides": overrides,
+                "weights_sha256": _weights_digests(cfg), "validation": selected_on}
+
+    def run(values: dict, trial_dir: str) -> dict:
         trial_overrides = [*overrides, *(f"{k}={v}" for k, v in values.items()),
                            f"train.output_dir={os.path.join(output_dir, trial_dir)}"]
-        cfg = setup_config(config_file, trial_overrides)
-        metrics = do_linear_benchmark(cfg, resume=True)
-        top1 = metrics.get("top1")
-        if top1 is None or not math.isfinite(top1):
-            raise ValueError(f"{trial_dir}: the linear benchmark returned no finite top1 ({metrics})")
-        return top1
+        trial_cfg = setup_config(config_file, trial_overrides)
+        metrics = do_linear_benchmark(trial_cfg, resume=True)
+        val = metrics.get("val/top1")
+        if val is None or not math.isfinite(val):
+            raise ValueError(f"{trial_dir}: the linear benchmark returned no finite val/top1 ({metrics})")
+        return {"val_top1": val, "test_top1": metrics.get("top1")}
 
-    return objective
+    return Objective(run, identity, selected_on, "dataloader.test")

@@ -38,9 +38,11 @@ each rank and averages them once (``all_reduce_mean``), which leaves the initial
 ``1/sqrt(world_size)`` rather than 1 even with ``norm_init``.
 
 Negatives are drawn uniformly with replacement, independently for each sample and embedding. With
-``negative_sampling_params["exclude_positive"]=True`` (the default) they are drawn from the ``N - 1``
-rows other than the sample's own; ``False`` draws from all ``N`` rows, so the positive can come back
-as a negative, as VISSL does.
+``negative_sampling_params["exclude_positive"]=True`` (this class's default, d2ssl's option) they are
+drawn from the ``N - 1`` rows other than the sample's own; ``False`` draws from all ``N`` rows, so the
+positive can come back as a negative, as VISSL does (``nce_loss.py`` l. 290-311 at commit 09270ed:
+``AliasMethod`` over uniform unigrams). Every config that cites a VISSL number (``configs/npid*.py``,
+``configs/pirl*.py``) sets ``False``.
 """
 
 from __future__ import annotations
@@ -189,7 +191,7 @@ class NCELossWithMemory(nn.Module):
         update_mem_with_emb_index: which embedding updates the bank when ``update_mem_on_forward``
             is False (PIRL: 1, the image embedding).
         negative_sampling_params: ``num_negatives`` (16000), ``type`` (only ``"random"``),
-            ``exclude_positive`` (True; d2ssl's addition, see the module doc).
+            ``exclude_positive`` (True; d2ssl's addition; False is VISSL's draw, see the module doc).
         memory_params: ``memory_size`` (``-1``: ``num_train_samples``), ``embedding_dim`` (128),
             ``momentum`` (0.5), ``norm_init`` (True: unit-norm initial rows),
             ``update_mem_on_forward`` (True), ``init_seed`` (0; d2ssl's addition: the seed of the

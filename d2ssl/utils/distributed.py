@@ -3,12 +3,21 @@ BatchNorm statistics synced across CPU processes."""
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.distributed as dist
 from detectron2.engine.defaults import create_ddp_model as d2_create_ddp_model
 from detectron2.layers import NaiveSyncBatchNorm
 from detectron2.utils import comm
 from torch import nn
+
+# torch >= 2.10 calls DDP's broadcast_buffers deprecated, on every rank of every run, and itself
+# advises keeping broadcast_buffers=False where buffers must not be synced at construction: d2ssl's
+# default (train.ddp), which the memory banks of NPID/PIRL rely on. The flag still works as before.
+# (stacklevel 2: the warning is attributed to detectron2's create_ddp_model, which builds the DDP.)
+warnings.filterwarnings("ignore", message=r"`broadcast_buffers` is deprecated", category=FutureWarning,
+                        module=r"detectron2\.engine\.defaults")
 
 
 class _AllGatherWithGradient(torch.autograd.Function):

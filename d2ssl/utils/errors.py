@@ -12,6 +12,7 @@ import contextlib
 import errno
 import logging
 import os
+import re
 import sys
 from collections.abc import Iterator
 
@@ -54,6 +55,19 @@ def _message(error: BaseException) -> str:
     if isinstance(error, KeyError) and error.args:
         return str(error.args[0])
     return _without_tracebacks(str(error)).strip() or type(error).__name__
+
+
+def summarize(text: str, limit: int = 300) -> str:
+    """``text`` on one line, shortened to its first whole sentences within ``limit`` characters (at
+    least the first sentence): an explanation quoted into a message is never cut mid-sentence."""
+    text = " ".join(text.split())
+    if len(text) <= limit:
+        return text
+    sentences = re.split(r"(?<=[.!?;])\s+", text)
+    kept = 1
+    while kept < len(sentences) and len(" ".join(sentences[: kept + 1])) <= limit:
+        kept += 1
+    return " ".join(sentences[:kept]) + (" [...]" if kept < len(sentences) else "")
 
 
 def describe_error(error: BaseException) -> str:

@@ -14,6 +14,7 @@ import torchvision
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import instantiate
 from resnet_helpers import randomize_batchnorm, torchvision_resnet, torchvision_stages
+from tolerances import assert_equal
 
 from d2ssl.checkpoint import convert_checkpoint, load_pretrained_weights, to_detectron2, to_torchvision
 from d2ssl.checkpoint.export import ExportError, torchvision_arch
@@ -60,8 +61,8 @@ def test_torchvision_to_d2ssl_to_detectron2_fpn_backbone_outputs_match(detectron
     detector = load_detector("faster_rcnn_R50_FPN_coco", detectron2_file)
     with torch.no_grad():
         got, want = detector.backbone.bottom_up(images), torchvision_stages(tv_resnet50, images)
-    for name in STAGES:
-        torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-5)
+    for name in STAGES:  # the same convolutions and eval-mode batch_norm calls in the same order
+        assert_equal(got[name], want[name], name)
 
 
 def test_torchvision_to_d2ssl_to_detectron2_c4_backbone_and_res5_match(detectron2_file, tv_resnet50, images):
@@ -70,8 +71,8 @@ def test_torchvision_to_d2ssl_to_detectron2_c4_backbone_and_res5_match(detectron
         want = torchvision_stages(tv_resnet50, images)
         res4 = detector.backbone(images)["res4"]
         res5 = detector.roi_heads.res5[:-1](res4)  # the blocks, without MoCo's extra norm (new weights)
-    torch.testing.assert_close(res4, want["res4"], rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(res5, want["res5"], rtol=1e-5, atol=1e-5)
+    assert_equal(res4, want["res4"], "res4")
+    assert_equal(res5, want["res5"], "res5")
 
 
 def test_detectron2_pickle_is_in_model_zoo_format(detectron2_file, tv_resnet50):
@@ -97,8 +98,8 @@ def test_d2ssl_trunk_exports_to_torchvision_for_a_strict_load(images):
     with torch.no_grad():
         got, want = torchvision_stages(resnet, images), trunk(images)
         logits = resnet(images)
-    for name in STAGES:
-        torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-5)
+    for name in STAGES:  # the same convolutions and eval-mode batch_norm calls in the same order
+        assert_equal(got[name], want[name], name)
     assert torch.count_nonzero(logits) == 0  # no classifier in an SSL trunk: a zero fc
 
 

@@ -17,7 +17,7 @@ from d2ssl.data.build import ResumableTrainingSampler, SeededMapDataset, build_s
 from d2ssl.data.datasets import get_dataset_dicts, load_image_folder, register_image_folder
 from d2ssl.data.image_io import BadImageError, read_rgb_image
 from d2ssl.data.mappers import JigsawMapper
-from d2ssl.data.transforms import generate_permutations
+from d2ssl.data.permutations import generate_permutations
 from d2ssl.engine.train_loop import do_train
 
 

@@ -14,11 +14,12 @@ from detectron2.config import instantiate
 from PIL import Image, ImageEnhance, ImageFilter
 from torchvision import transforms as T
 
-from d2ssl.data import transforms as X
+from d2ssl.data import color as X
 from d2ssl.data.build import SeededMapDataset
 from d2ssl.data.device_augmentation import DEFERRED_AUGMENTATION, augment_on_device
 from d2ssl.data.mappers import ImageMapper, JigsawClusteringMapper, PIRLMapper
 from d2ssl.data.mappers.montage import default_jigclu_augmentation
+from d2ssl.data.resize import IMAGENET_STD, normalize_uint8, pil_to_uint8, uint8_to_pil
 from d2ssl.engine.train_loop import setup_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -47,7 +48,7 @@ MAPPERS = {
 }
 VIEW_KEYS = {"pirl": ("image", "tiles"), "pirl_gblur": ("image", "tiles"), "jigclu": ("patches",),
              "npid": ("image",), "npid_gblur": ("image",)}
-LEVELS = torch.tensor(X.IMAGENET_STD).view(3, 1, 1) * 255  # normalised value -> grey levels
+LEVELS = torch.tensor(IMAGENET_STD).view(3, 1, 1) * 255  # normalised value -> grey levels
 
 
 def assert_levels_close(ours: torch.Tensor, reference: torch.Tensor, max_levels: float, max_fraction: float):
@@ -93,7 +94,7 @@ def test_tensor_hsv_conversions_equal_pils_both_ways():
 
 
 def test_tensor_hue_shift_equals_the_pil_one():
-    photos = torch.stack([X.pil_to_uint8(Image.fromarray(p).resize((40, 32))) for p in PHOTOS]).float()
+    photos = torch.stack([pil_to_uint8(Image.fromarray(p).resize((40, 32))) for p in PHOTOS]).float()
     for shift in ([0.1, -0.37, 0.5], [-0.5, 0.013, 0.25]):
         shift = torch.tensor(shift)
         assert torch.equal(X.adjust_hue_tensor(photos, shift), X.adjust_hue(photos, shift))
@@ -104,10 +105,10 @@ def test_tensor_pil_blur_equals_pils_gaussian_blur(size):
     # Sigmas of JigClu's range, a tiny one (box radius < 1) and ones wider than the image.
     photo = Image.fromarray(PHOTOS[1]).resize(size)
     sigma = torch.tensor([0.1, 0.37, 1.0, 1.55, 2.0, 0.003, 9.0, 40.0])
-    views = X.pil_to_uint8(photo)[None].expand(len(sigma), -1, -1, -1).float()
+    views = pil_to_uint8(photo)[None].expand(len(sigma), -1, -1, -1).float()
     ours = X.pil_gaussian_blur_tensor(views, sigma)
     for view, s in zip(ours, sigma.tolist()):
-        assert torch.equal(view, X.pil_to_uint8(photo.filter(ImageFilter.GaussianBlur(radius=s))).float()), s
+        assert torch.equal(view, pil_to_uint8(photo.filter(ImageFilter.GaussianBlur(radius=s))).float()), s
 
 
 def test_contrast_grey_level_is_pils_where_a_float32_mean_would_round_up():
@@ -118,7 +119,7 @@ def test_contrast_grey_level_is_pils_where_a_float32_mean_would_round_up():
     levels[: side * side // 2 - 1] = 201
     view = levels.view(1, 1, side, side).expand(1, 3, side, side)
     ours = X.adjust_contrast(view.float(), torch.tensor([0.5]))
-    expected = X.pil_to_uint8(ImageEnhance.Contrast(X.uint8_to_pil(view[0])).enhance(0.5))
+    expected = pil_to_uint8(ImageEnhance.Contrast(uint8_to_pil(view[0])).enhance(0.5))
     assert torch.equal(ours[0], expected.float())
     assert X.rounded_mean(X.luma(view.float())).tolist() == [200.0]
 
@@ -134,13 +135,13 @@ ALL_OPS = [  # every op on, so every kernel runs; then a mixed draw
 
 @pytest.mark.parametrize("aug", ALL_OPS)
 def test_kernels_create_their_tensors_on_the_views_device(aug, monkeypatch):
-    views = torch.stack([X.pil_to_uint8(Image.fromarray(p).resize((36, 30))) for p in PHOTOS] * 2)
+    views = torch.stack([pil_to_uint8(Image.fromarray(p).resize((36, 30))) for p in PHOTOS] * 2)
     params = aug.draw(len(views), torch.Generator().manual_seed(0))
     # On the meta device (no data): a tensor made on a hard-coded CPU would meet the meta views and
     # raise; the parameters stay on the CPU, where draw() makes them.
     out = aug.apply_params_torch(views.to("meta"), params)
     assert out.device.type == "meta" and out.dtype == torch.uint8 and out.shape == views.shape
-    assert X.normalize_uint8(out).device.type == "meta"
+    assert normalize_uint8(out).device.type == "meta"
     # With the default device elsewhere, CPU views still give CPU views, the same pixels: no tensor
     # is made on the default device (the tensor kernels, as a GPU runs them).
     monkeypatch.setattr(X, "adjust_hue", X.adjust_hue_tensor)
@@ -148,7 +149,7 @@ def test_kernels_create_their_tensors_on_the_views_device(aug, monkeypatch):
     expected = aug.apply_params_torch(views, params)
     with torch.device("meta"):
         assert torch.equal(aug.apply_params_torch(views, params), expected)
-        assert torch.equal(X.normalize_uint8(expected), X.normalize_uint8(expected.to("cpu")))
+        assert torch.equal(normalize_uint8(expected), normalize_uint8(expected.to("cpu")))
 
 
 # --- mappers: the same draws and views on both paths ------------------------------------------------

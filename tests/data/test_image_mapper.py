@@ -4,7 +4,7 @@ from PIL import Image
 from torchvision import transforms as T
 
 from d2ssl.data.mappers import ImageMapper
-from d2ssl.data.transforms import to_normalized_tensor
+from d2ssl.data.resize import to_normalized_tensor
 
 
 def test_image_id_and_label_are_carried(fashion_mnist_small):

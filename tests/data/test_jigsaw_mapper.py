@@ -3,7 +3,9 @@ import pytest
 import torch
 
 from d2ssl.data.mappers import JigsawMapper
-from d2ssl.data.transforms import IMAGENET_MEAN, IMAGENET_STD, cut_tiles, generate_permutations
+from d2ssl.data.permutations import generate_permutations
+from d2ssl.data.resize import IMAGENET_MEAN, IMAGENET_STD
+from d2ssl.data.tiles import cut_tiles
 
 
 def _mapper(**kw):

@@ -3,7 +3,7 @@ import itertools
 import numpy as np
 import pytest
 
-from d2ssl.data.transforms import (
+from d2ssl.data.permutations import (
     generate_permutations,
     hamming_distances,
     load_or_create_permutations,

@@ -6,7 +6,7 @@ from torchvision import transforms as T
 from torchvision.transforms import functional as F
 
 from d2ssl.data.mappers import PIRLMapper
-from d2ssl.data.transforms import to_normalized_tensor
+from d2ssl.data.resize import to_normalized_tensor
 
 GRID, CROP, TILE, IMAGE = 3, 255, 64, 224
 
@@ -19,7 +19,7 @@ def astronaut() -> dict:
 def test_tiles_come_from_their_cells_of_the_patch_crop(astronaut):
     # scale (1, 1) on a square photo: the patch crop is the whole photo resized to 255, so every tile
     # can be looked up in it. No colour augmentation: pixels within 1 grey level (each tile is
-    # resampled on its own, d2ssl.data.transforms.resized_crop_tiles).
+    # resampled on its own, d2ssl.data.resize.resized_crop).
     mapper = PIRLMapper(
         augmentation=None, image_size=IMAGE, patch_crop_size=CROP, patch_crop_scale=(1.0, 1.0), grid=GRID,
         tile_size=TILE,

@@ -18,6 +18,7 @@ from d2ssl.engine.detection import prepare_init_checkpoint, train_detector
 from d2ssl.engine.train_loop import do_train, setup_config
 from d2ssl.modeling.backbone import build_resnet_trunk
 from d2ssl.modeling.roi_heads import res5_with_extra_norm
+from d2ssl.utils.metrics import read_metrics
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_DETECTION = REPO / "configs" / "detection" / "tiny"
@@ -44,7 +45,7 @@ def test_pretrained_checkpoint_fine_tunes_a_detector_and_coco_evaluation_gives_n
 
     # After 6 steps no score passes detectron2's 0.05 threshold; with all boxes kept COCO AP is a number.
     cfg = tiny_detection_config("coco", tmp_path, "train.max_iter=6", f"train.init_checkpoint={checkpoint}",
-                                "model.roi_heads.box_predictor.test_score_thresh=0.0")
+                                "model.roi_heads.box_predictor.test_score_thresh=0.0", "train.log_period=1")
     results = train_detector(cfg)
 
     for key in ("bbox/AP", "bbox/AP50", "bbox/AP75"):
@@ -54,6 +55,15 @@ def test_pretrained_checkpoint_fine_tunes_a_detector_and_coco_evaluation_gives_n
     # The d2ssl checkpoint was converted once for detectron2, and training wrote a final detector.
     assert (tmp_path / "detection" / "model_final_detectron2.pkl").is_file()
     assert (tmp_path / "detection" / "model_final.pth").is_file()
+    # It fine-tuned the pretrained trunk (6 small steps away from it, not from a fresh initialisation,
+    # which is ~1.4 times the weights' norm away) and trained the heads, whose loss fell.
+    pretrained = torch.load(checkpoint, weights_only=True)["model"]
+    final = torch.load(tmp_path / "detection" / "model_final.pth", weights_only=True)["model"]
+    for key in ("stem.conv1.weight", "res5.1.conv2.weight"):
+        start, end = pretrained[f"trunk.{key}"], final[f"backbone.bottom_up.{key}"]
+        assert (end - start).norm() < 0.1 * start.norm(), key  # measured: 0.017 (stem), 0.001 (res5)
+    losses = [r["loss_cls"] for r in read_metrics(cfg.train.output_dir) if "loss_cls" in r]
+    assert len(losses) == 6 and losses[-1] < 0.75 * losses[0], losses  # measured: 1.28 -> 0.67
 
 
 def test_init_checkpoint_puts_the_pretrained_trunk_in_the_fpn_backbone(tmp_path):
@@ -116,10 +126,15 @@ def test_frozen_trunk_transfer_keeps_the_pretrained_weights_and_statistics(tmp_p
 
 def test_voc_layout_fine_tunes_and_evaluates_with_the_pascal_voc_evaluator(tmp_path):
     cfg = tiny_detection_config("voc", tmp_path, "train.max_iter=3", "train.init_checkpoint=",
-                                "model.roi_heads.box_predictor.test_score_thresh=0.0")
+                                "model.roi_heads.box_predictor.test_score_thresh=0.0", "train.log_period=1")
     results = train_detector(cfg)
     for key in ("bbox/AP", "bbox/AP50", "bbox/AP75"):
         assert math.isfinite(results[key]) and 0.0 <= results[key] <= 100.0, (key, results[key])
+    # The VOC annotations reached the heads: detectron2 adds every ground-truth box to the proposals, so
+    # each image gives foreground samples and a box regression loss (0 and 0 if the boxes were lost).
+    records = [r for r in read_metrics(cfg.train.output_dir) if "roi_head/num_fg_samples" in r]
+    assert len(records) == 3, records
+    assert all(r["roi_head/num_fg_samples"] >= 1 and r["loss_box_reg"] > 0 for r in records), records
 
 
 def test_syncbn_detector_trains_in_one_cpu_process(tmp_path):
@@ -145,7 +160,7 @@ def test_res5_with_extra_norm_normalises_the_res5_output():
         res5.norm.running_mean.fill_(1.0)
         expected = res5.norm(blocks[1](blocks[0](x)))
         assert list(dict(res5.named_children())) == ["0", "1", "norm"]
-        torch.testing.assert_close(res5(x), expected)
+        assert torch.equal(res5(x), expected)  # the same modules called in the same order
 
 
 @pytest.mark.parametrize(

@@ -25,6 +25,8 @@ def test_short_linear_benchmark_on_a_random_trunk_beats_chance(tmp_path):
     cfg = setup_config(str(TINY_LINEAR), [
         f"train.output_dir={out}", "train.max_iter=60", "train.eval_period=30", "train.log_period=10",
         "train.checkpointer.period=30", "dataloader.test.dataset.limit=500",
+        # 300 of 3,000 training photos held out: they select model_best.pth, the other 2,700 train.
+        "dataloader.train.dataset.limit=3000", "dataloader.val.fraction=0.1",
     ])
     results = do_linear_benchmark(cfg)
     # Measured: 43.0 % top-1 (81.2 % top-5) after 60 steps of 64 photos, 10 % being chance: even random
@@ -33,15 +35,24 @@ def test_short_linear_benchmark_on_a_random_trunk_beats_chance(tmp_path):
     assert results["top5"] >= results["top1"] and results["fc/top1"] == results["top1"]
     records = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
     evaluated = [r for r in records if "fc/top1" in r]
-    assert len(evaluated) == 2 and max(r["top1"] for r in evaluated) == results["top1"]
+    assert len(evaluated) == 2
+    # The headline is the last evaluation's test score; the best is chosen on the held-out photos.
+    assert (results["top1"], results["val/top1"]) == (evaluated[-1]["top1"], evaluated[-1]["val/top1"])
+    assert results["scored_on"] == "test" and results["selected_on"].startswith("val: 0.1 of every class")
+    chosen = max(evaluated, key=lambda r: r["val/top1"])
+    best = results["best"]
+    assert (best["top1"], best["val/top1"], best["iteration"]) == (chosen["top1"], chosen["val/top1"],
+                                                                  chosen["iteration"])
+    assert best["label"].startswith("selected on the validation split") and best["scored_on"] == "test"
+    assert json.loads((out / "summary.json").read_text()) == json.loads(json.dumps(results))
     assert list(out.glob("events.out.tfevents.*")) and (out / "model_best.pth").exists()
     # The best checkpoint is written beside the run without becoming the resume point ...
     assert (out / "last_checkpoint").read_text() == "model_final.pth"
-    best = torch.load(out / "model_best.pth", map_location="cpu", weights_only=True)
-    assert best["trainer"]["hooks"]["BestAccuracy"]["best_metric"] == results["top1"]
-    # ... and evaluating it alone (tools/train_linear.py --eval-only) gives the best score again.
+    saved = torch.load(out / "model_best.pth", map_location="cpu", weights_only=True)
+    assert saved["trainer"]["hooks"]["BestAccuracy"]["best_metric"] == best["val/top1"]
+    # ... and evaluating it alone (tools/train_linear.py --eval-only) gives its test score again.
     cfg.train.init_checkpoint = str(out / "model_best.pth")
-    assert evaluate_only(cfg)["fc"]["top1"] == results["top1"]
+    assert evaluate_only(cfg)["fc"]["top1"] == best["top1"]
 
 
 MAX_ITER, PERIOD = 16, 4

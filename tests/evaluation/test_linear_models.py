@@ -65,12 +65,12 @@ def test_vissl_r50_pools_give_the_reference_head_dims():
     assert dims == {"conv1": 9216, "res2": 9216, "res3": 8192, "res4": 9216, "res5": 8192,
                     "res5avg_bn": 2048, "res5avg": 2048}
     assert isinstance(model.heads.res5avg.bn, torch.nn.Identity)
-    assert isinstance(model.heads.res5avg_bn.bn, torch.nn.BatchNorm2d)
+    assert isinstance(model.heads.res5avg_bn.bn, torch.nn.SyncBatchNorm)  # VISSL: CONVERT_BN_TO_SYNC_BN
     assert cfg.optimizer.nesterov and cfg.optimizer.momentum == 0.9 and cfg.optimizer.weight_decay == 5e-4
     assert cfg.optimizer.lr == 0.01 and cfg.dataloader.train.total_batch_size == 256
     assert list(cfg.lr_multiplier.milestones) == [8, 16, 24] and cfg.lr_multiplier.num_updates == 28
     assert list(cfg.lr_multiplier["values"]) == pytest.approx([1, 0.1, 0.01, 0.001])
-    assert cfg.train.epochs == 28
+    assert cfg.train.epochs is None and cfg.train.max_iter == 28 * 5005  # VISSL's iterations, see the config
 
 
 def test_jigclu_linear_config_has_the_reference_recipe():
@@ -90,9 +90,11 @@ def test_jigclu_linear_config_has_the_reference_recipe():
     assert (test_view.train, test_view.resize_size, test_view.crop_size) == (False, 256, 224)
 
 
-@pytest.mark.parametrize("name, lr, last_layer_lr", [("semi_jigclu_R50_10percent", 0.01, 0.2),
-                                                     ("semi_jigclu_R50_1percent", 0.02, 5.0)])
-def test_semi_configs_give_the_last_layer_its_own_learning_rate(name, lr, last_layer_lr):
+# The _lastlayer_lr options; the default configs train the fc at the trunk's rate, as main_semi.py did
+# (tests/test_recipes_jigclu_nce_clusterfit.py).
+@pytest.mark.parametrize("name, lr, last_layer_lr", [("semi_jigclu_R50_10percent_lastlayer_lr", 0.01, 0.2),
+                                                     ("semi_jigclu_R50_1percent_lastlayer_lr", 0.02, 5.0)])
+def test_semi_lastlayer_lr_configs_give_the_last_layer_its_own_learning_rate(name, lr, last_layer_lr):
     cfg = _config(name, "model.trunk.norm=BN")
     model = instantiate(cfg.model)
     assert not model.freeze_trunk and all(p.requires_grad for p in model.trunk.parameters())
@@ -104,8 +106,7 @@ def test_semi_configs_give_the_last_layer_its_own_learning_rate(name, lr, last_l
     assert trunk_lrs == pytest.approx([lr] * len(trunk_lrs))
     assert cfg.optimizer.weight_decay == 0.0 and cfg.dataloader.train.total_batch_size == 256
     assert list(cfg.lr_multiplier.milestones) == [30, 60, 90] and cfg.lr_multiplier.num_updates == 100
-    assert cfg.dataloader.train.dataset.list_file.endswith(name.rsplit("_", 1)[1].replace("percent", "") +
-                                                           "percent.txt")
+    assert cfg.dataloader.train.dataset.list_file.endswith(name.split("_")[3] + ".txt")
 
 
 def test_vissl_conv1_is_the_stem_before_max_pooling():

@@ -11,6 +11,7 @@ import pytest
 import torch
 from detectron2.config import instantiate
 from fixed_batch import fit_fixed_batch, mapped_batch
+from tolerances import assert_close_sum_order, forward_terms, sum_order_tolerance
 from torchvision import transforms as T
 
 from d2ssl.checkpoint import convert_checkpoint
@@ -18,6 +19,7 @@ from d2ssl.data.datasets import attach_labels
 from d2ssl.engine.train_loop import do_train, setup_config
 from d2ssl.evaluation.clustering import cluster_and_label
 from d2ssl.modeling.meta_arch import ClusterFit
+from d2ssl.utils.metrics import read_metrics
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 TINY_NUM_CLUSTERS = 50  # configs/tiny/clusterfit_cluster.py
@@ -67,8 +69,15 @@ def test_unlabelled_images_are_ignored_and_a_too_large_label_is_an_error(tiny_co
         labelled_only = model.losses(batch[:4])["loss_clusterfit"]
         with_ignored = model.losses(batch[:4] + [dict(d, label=-1) for d in batch[4:]])["loss_clusterfit"]
         all_labelled = model.losses(batch)["loss_clusterfit"]
-    assert with_ignored.item() == pytest.approx(labelled_only.item(), rel=1e-5)
-    assert with_ignored.item() != pytest.approx(all_labelled.item(), rel=1e-5)
+        logits = model.head(model.pooled_features(model.stack(batch[:4], "image")))
+    # The trunk on 8 images instead of 4 may take another convolution kernel (another sum order): the
+    # logits move by at most 2 gamma_n max |logit| (normwise, tests/tolerances.forward_terms: the
+    # trunk's and the head's fan-ins), each cross-entropy term by twice that.
+    terms = forward_terms(model)
+    assert_close_sum_order(with_ignored, labelled_only, terms=terms, scale=2 * logits.abs().max(),
+                           name="loss with ignored images")
+    # Counting the other 4 images moves it by far more (measured 0.082, 11x the 0.0076 tolerance).
+    assert abs(with_ignored - all_labelled) > sum_order_tolerance(terms, 2 * logits.abs().max())
     with pytest.raises(ValueError, match=f"pseudo-label {TINY_NUM_CLUSTERS} but the head has"):
         model.losses([dict(batch[0], label=TINY_NUM_CLUSTERS)] + batch[1:4])
 
@@ -76,9 +85,10 @@ def test_unlabelled_images_are_ignored_and_a_too_large_label_is_an_error(tiny_co
 def test_configs_follow_vissls_clusterfit_recipe():
     cfg = setup_config(str(CONFIGS / "clusterfit" / "clusterfit_R50.py"))
     schedule = instantiate(cfg.lr_multiplier)
-    # lr 0.1 per 256 images; linear warm-up from 0.025 over 5 of 105 epochs; x0.1 at 30/60/90/100.
+    # lr 0.1 per 256 images; no warm-up on one node (VISSL's resolve_linear_schedule deletes it, see
+    # tests/test_recipes_jigclu_nce_clusterfit.py); x0.1 at 30/60/90/100.
     assert (cfg.optimizer.lr, cfg.dataloader.train.total_batch_size, cfg.train.epochs) == (0.1, 256, 105)
-    for epoch, factor in [(0, 0.25), (2.5, 0.625), (5, 1.0), (29.9, 1.0), (30.1, 0.1), (61, 0.01),
+    for epoch, factor in [(0, 1.0), (2.5, 1.0), (5, 1.0), (29.9, 1.0), (30.1, 0.1), (61, 0.01),
                           (95, 1e-3), (104, 1e-4)]:
         assert schedule(epoch / 105) == pytest.approx(factor), epoch
     assert (cfg.optimizer.momentum, cfg.optimizer.weight_decay) == (0.9, 1e-4)
@@ -99,9 +109,26 @@ def test_short_run_trains_on_the_labels_file_and_the_trunk_exports_to_detectron2
     _, labels_file = pseudo_labelled
     cfg = tiny_config(
         "clusterfit", f"dataloader.train.dataset.labels_file={labels_file}",
-        "dataloader.train.dataset.dataset.limit=512", "train.max_iter=4", "train.log_period=1",
+        "dataloader.train.dataset.dataset.limit=512", "train.max_iter=8", "train.log_period=1",
     )
-    metrics = do_train(cfg)
+    fed: list[tuple[int, int]] = []  # (image_id, label) of every sample the model trained on
+
+    def record_inputs(trainer, model, checkpointer):
+        def record(module, inputs):
+            if module.training:
+                fed.extend((int(d["image_id"]), int(d["label"])) for d in inputs[0])
+        getattr(model, "module", model).register_forward_pre_hook(record)
+        return []
+
+    metrics = do_train(cfg, extra_hooks=record_inputs)
+    # The labels the model learned are the cluster assignments step 1 wrote, image by image.
+    written = np.load(labels_file)
+    assert len(fed) == 8 * cfg.dataloader.train.total_batch_size
+    assert all(label == written[image_id] for image_id, label in fed), fed[:8]
+    assert len({label for _, label in fed}) > 10  # many clusters, not one label for all
+    losses = [r["total_loss"] for r in read_metrics(cfg.train.output_dir) if "total_loss" in r]
+    # Running medians of the loss: 4.03 -> 3.87 measured (ln 50 = 3.91 is a uniform guess).
+    assert len(losses) == 8 and losses[-1] < losses[0] - 0.08, losses
     assert 0.0 <= metrics["clusterfit_accuracy"] <= 1.0 and math.isfinite(metrics["total_loss"])
     checkpoint = tmp_path / "output" / "model_final.pth"
     convert_checkpoint(str(checkpoint), str(tmp_path / "clusterfit.pkl"), to="detectron2")

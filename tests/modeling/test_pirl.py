@@ -6,7 +6,7 @@ import torch
 from detectron2.config import instantiate
 from test_npid import build_on_images, mean_of_first_and_last, train_steps
 
-from d2ssl.data.transforms import photo_gblur_augmentation
+from d2ssl.data.color import photo_gblur_augmentation
 from d2ssl.engine.train_loop import setup_config
 from d2ssl.modeling.backbone import trunk_output_channels
 from d2ssl.modeling.meta_arch import PIRL

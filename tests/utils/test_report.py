@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 
@@ -41,7 +42,7 @@ def test_report_pairs_each_pretrained_trunk_with_its_random_baseline(tmp_path):
     for name, linear, knn in (("rotnet", 84.0, 80.5), ("rotnet_random", 80.0, 77.0)):
         folder = tmp_path / "eval" / name
         folder.mkdir(parents=True)
-        (folder / "linear_grid.json").write_text(json.dumps({"best": {"top1": linear}, "cells": []}))
+        (folder / "linear_grid.json").write_text(json.dumps({"selected": {"test_top1": linear}, "cells": []}))
         (folder / "knn_res4.json").write_text(json.dumps({"top1@20": knn, "top1@200": knn - 1}))
     _write_run(tmp_path / "detection_rotnet", [{"iteration": 99, "bbox/AP": 9.0, "bbox/AP50": 30.0}])
     _write_run(tmp_path / "detection_random", [{"iteration": 99, "bbox/AP": 7.5, "bbox/AP50": 20.0}])
@@ -50,3 +51,117 @@ def test_report_pairs_each_pretrained_trunk_with_its_random_baseline(tmp_path):
     assert "80.5 vs 77.0 (+3.5)" in text
     assert "9.0 vs 7.5 (+1.5)" in text
     assert "rotnet_accuracy 0.800 (chance 0.250)" in text
+
+
+# ---------------------------------------------------------------- any run folder (tools/report.py)
+
+def _json(path, value):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(value))
+
+
+def _config(folder, text):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.yaml").write_text(text)
+
+
+def test_report_of_a_tree_names_what_ran_on_which_data_and_weights(tmp_path):
+    from d2ssl.utils.report import format_any_report
+
+    root = tmp_path / "runs"
+    pretrain = root / "pretraining" / "rotnet_a"
+    _write_run(pretrain, [{"iteration": 9, "rotnet_accuracy": 0.3, "total_loss": 1.2},
+                          {"iteration": 19, "rotnet_accuracy": 0.6, "total_loss": 0.9}],
+               "dataloader:\n  train:\n    dataset:\n      _target_: d2ssl.data.datasets.get_dataset_dicts\n"
+               "      names: fashion_mnist_train\n      limit: 600\ntrain:\n  init_checkpoint: ''\n")
+    linear = root / "linear_b"
+    _config(linear, "dataloader:\n  train:\n    dataset:\n"
+                    "      _target_: d2ssl.data.datasets.load_image_folder\n      root: /data/in/train\n"
+                    "train:\n  weights_init:\n    PARAMS_FILE: trunk_b.pth\n")
+    _json(linear / "summary.json", {"top1": 61.5, "scored_on": "test", "selected_on": "val: 0.1 of train",
+                                    "best": {"top1": 62.0}})
+    _json(root / "linear_f" / "summary.json", {"top1": 50.0, "selected_on": None, "best": {"top1": 52.0}})
+    _write_run(root / "det_c", [{"iteration": 99, "bbox/AP": 12.5, "bbox/AP50": 30.25}])
+    features = root / "features_d"
+    for split, count in (("train", 600), ("test", 300)):
+        _json(features / f"{split}_meta.json",
+              {"num_images": count, "checkpoint": "trunk_d.pth", "weights_digest": "ab" * 32})
+    _json(features / "knn_res5.json", {"protocol": "trunk", "layer": "res5", "top1@20": 70.5, "top5@20": 9.0})
+    _json(features / "linear_grid.json",
+          {"selected_on": "val: 0.1 of every class", "selected": {"test_top1": 66.25}})
+    _json(root / "cluster_e" / "clustering_summary.json",
+          {"NUM_CLUSTERS": 16, "num_images": 600, "train_quality": {"nmi": 0.4123, "purity": 0.5}})
+    _write_run(root / "linear_b" / "previous_runs" / "old", [{"iteration": 1, "bbox/AP": 1.0}])  # moved aside
+
+    text = format_any_report([str(root)])
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in text.splitlines() if line.startswith(f"| {root}")}
+    assert set(rows) == {str(root / n) for n in ("pretraining/rotnet_a", "linear_b", "det_c", "features_d",
+                                                  "cluster_e", "linear_f")}
+    assert rows[str(pretrain)][:3] == ["pretraining (rotnet)", "get_dataset_dicts(names=fashion_mnist_train, "
+                                       "limit=600)", "random init"]
+    assert "rotnet_accuracy 0.300 -> 0.600" in rows[str(pretrain)][3]
+    assert rows[str(linear)][0] == "linear / semi-supervised" and rows[str(linear)][2] == "trunk_b.pth"
+    assert rows[str(linear)][3] == "top1 61.50 (last evaluation, test)"
+    assert rows[str(linear)][4] == "top1 62.00 (selected on val: 0.1 of train)"
+    assert rows[str(root / "linear_f")][4] == "-"  # its "best" was chosen on the test split: no selection
+    assert rows[str(root / "det_c")][3].startswith("box AP 12.50, AP50 30.25")
+    assert rows[str(features)][0] == "features, kNN (trunk, res5), linear grid"
+    assert rows[str(features)][1] == "test: 300 images, train: 600 images"
+    assert rows[str(features)][2].startswith("trunk_d.pth (trunk abababababab")
+    assert rows[str(features)][3] == "top1@20 70.50"
+    assert rows[str(features)][4] == "test top1 66.25 (cell selected on val: 0.1 of every class)"
+    assert rows[str(root / "cluster_e")][3] == "16 clusters of 600 images, nmi 0.412, purity 0.500"
+
+
+def _benchmark(folder, weights, results, steps):
+    _json(folder / "suite.json", {"suite": "tiny", "weights": weights, "weights_sha256": "5" * 64})
+    _json(folder / "results.json", {"suite": "tiny", "weights": weights, "weights_sha256": "5" * 64,
+                                    "steps": steps, "results": results})
+
+
+def test_report_puts_benchmark_trunks_side_by_side_with_published_numbers(tmp_path):
+    from d2ssl.checkpoint.zoo import published_numbers
+    from d2ssl.utils.report import format_any_report
+
+    done = [{"step": "knn", "status": "done"}, {"step": "linear", "status": "done"}]
+    _benchmark(tmp_path / "a", "zoo:jigclu_r50_200ep",
+               [{"step": "knn", "metric": "top1@20", "value": 50.0},
+                {"step": "knn", "metric": "top5@20", "value": 80.0},
+                {"step": "linear", "metric": "top1", "value": 66.5}], done)
+    _benchmark(tmp_path / "b", "mine.pth", [{"step": "knn", "metric": "top1@20", "value": 40.0}],
+               [done[0], {"step": "linear", "status": "failed"}])
+    text = format_any_report([str(tmp_path / "a"), str(tmp_path / "b")])
+    header = next(line for line in text.splitlines() if line.startswith("| trunk"))
+    columns = [c.strip() for c in header.split("|")[1:-1]]
+    assert columns[:4] == ["trunk", "sha256", "knn top1@20", "linear top1"]
+    row_a = next(line for line in text.splitlines() if line.startswith("| zoo:jigclu_r50_200ep"))
+    row_b = next(line for line in text.splitlines() if line.startswith("| mine.pth"))
+    assert "| 50.00 " in row_a and "| 66.50 " in row_a and "80.00" not in row_a  # top-5 is left out
+    first = published_numbers("jigclu_r50_200ep")[0]
+    assert f"{first['benchmark']} {first['metric']} {first['value']}" in row_a
+    assert "| 40.00 " in row_b and "| FAILED " in row_b
+
+
+def test_report_of_a_missing_folder_is_one_error_line(tmp_path, monkeypatch, capsys):
+    import runpy
+    import sys
+
+    monkeypatch.setattr(sys, "argv", ["report.py", str(tmp_path / "nothing")])
+    with pytest.raises(SystemExit) as stop:
+        runpy.run_path(str(Path(__file__).resolve().parents[2] / "tools" / "report.py"), run_name="__main__")
+    assert stop.value.code == 1
+    captured = capsys.readouterr()
+    errors = [line for line in captured.err.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: no such run folder: {tmp_path / 'nothing'} (give folders written by d2ssl's "
+                      f"tools)"]
+    assert "Traceback" not in captured.err and captured.out == ""
+
+
+def test_report_of_the_demo_folder_keeps_the_demo_tables(tmp_path):
+    from d2ssl.utils.report import format_any_report
+
+    _write_run(tmp_path / "jigsaw", [{"iteration": 19, "jigsaw_accuracy": 0.1},
+                                     {"iteration": 59, "jigsaw_accuracy": 0.7}])
+    _write_run(tmp_path / "detection_jigsaw", [{"iteration": 99, "bbox/AP": 12.34, "bbox/AP50": 40.0}])
+    assert format_any_report([str(tmp_path)]) == format_report(str(tmp_path))  # nothing listed twice

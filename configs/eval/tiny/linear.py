@@ -27,7 +27,7 @@ dataloader.test.mapper.update(resize_size=SIZE, crop_size=SIZE)
 dataloader.test.update(batch_size=100, num_workers=0)
 
 model.trunk = tiny_trunk()
-model.num_classes = 10
+model.num_classes = None  # from the labels: 10 (d2ssl.evaluation.models.resolve_num_classes)
 model.input_size = SIZE
 
 optimizer.lr = 0.01

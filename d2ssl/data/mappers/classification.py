@@ -7,7 +7,8 @@ linear benchmarks, semi-supervised fine-tuning and ClusterFit's training on pseu
   256 / 224, the test transform of every reference (MoCo/JigClu ``main_lincls.py``, VISSL's
   ``ImgPilToTensor`` test pipeline, ClusterFit's feature extraction).
 - ``train=True``: ``RandomResizedCrop(crop_size, scale=crop_scale)`` + ``RandomHorizontalFlip``, with
-  optional extra PIL transforms after them (ClusterFit's colour jitter), drawn from the sample's
+  optional extra PIL transforms after them (ClusterFit turns the flip off and passes colour jitter then
+  flip, VISSL's order, so the draws come in that order), drawn from the sample's
   generator so the views are reproducible and resume stays exact. This is :class:`ImageMapper`'s
   recipe, so it runs on ImageMapper's fast path (parameters drawn from the generator, one resize,
   uint8 colour ops) whenever the extra transforms are colour jitter, as in every d2ssl config.
@@ -25,7 +26,7 @@ from torchvision import transforms as T
 
 from d2ssl.data.image_io import read_rgb_image
 from d2ssl.data.mappers.image import ImageMapper
-from d2ssl.data.transforms import IMAGENET_MEAN, IMAGENET_STD, to_normalized_tensor
+from d2ssl.data.resize import IMAGENET_MEAN, IMAGENET_STD, to_normalized_tensor
 
 
 class ClassificationMapper:

@@ -8,19 +8,17 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
+from d2ssl.data.color import ColorAugmentation, pil_grey_level, torch_rng_from
 from d2ssl.data.device_augmentation import DEFERRED_AUGMENTATION, defer_augmentation
 from d2ssl.data.image_io import read_rgb_image
-from d2ssl.data.transforms import (
+from d2ssl.data.resize import (
     IMAGENET_MEAN,
     IMAGENET_STD,
-    ColorAugmentation,
     normalize_uint8,
-    pil_grey_level,
     pil_to_uint8_hwc,
     random_resized_crop_box,
     resized_crop,
     to_normalized_tensor,
-    torch_rng_from,
 )
 
 

@@ -5,20 +5,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from d2ssl.data.color import ColorAugmentation, grayscale
 from d2ssl.data.image_io import read_rgb_image
-from d2ssl.data.transforms import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    ColorAugmentation,
-    grayscale,
-    normalize_per_tile,
-    normalize_uint8,
-    pil_to_uint8_hwc,
-    resize_uint8,
-    tile_corners,
-    tiles_at,
-    validate_permutations,
-)
+from d2ssl.data.permutations import validate_permutations
+from d2ssl.data.resize import IMAGENET_MEAN, IMAGENET_STD, normalize_uint8, pil_to_uint8_hwc, resize_uint8
+from d2ssl.data.tiles import normalize_per_tile, tile_corners, tiles_at
 
 
 class JigsawMapper:
@@ -33,7 +24,7 @@ class JigsawMapper:
     ``per_tile_normalization=True`` standardises each tile by its own statistics (Noroozi's
     original code; VISSL normalises the whole crop once, the default here).
 
-    The resize is torch's antialiased bilinear on uint8 (:func:`~d2ssl.data.transforms.resize_uint8`:
+    The resize is torch's antialiased bilinear on uint8 (:func:`~d2ssl.data.resize.resize_uint8`:
     PIL's filter, within 1 grey level of it on ~0.1% of the values); the crop is
     flipped (drawn before the crop in VISSL; a flipped crop at a uniform position has the same law)
     and the tiles cut from it are made grey (PIL's exact ``L`` formula) and normalised: only their

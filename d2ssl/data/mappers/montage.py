@@ -19,21 +19,19 @@ from collections.abc import Callable
 import torch
 from torchvision import transforms as T
 
+from d2ssl.data.color import ColorAugmentation, color_augmentation, torch_rng_from
 from d2ssl.data.device_augmentation import DEFERRED_AUGMENTATION, defer_augmentation
 from d2ssl.data.image_io import read_rgb_image
-from d2ssl.data.transforms import (
+from d2ssl.data.resize import (
     IMAGENET_MEAN,
     IMAGENET_STD,
-    ColorAugmentation,
-    color_augmentation,
     normalize_uint8,
     pil_to_uint8_hwc,
     random_resized_crop_box,
     resized_crop,
-    stack_channels_last,
     to_normalized_tensor,
-    torch_rng_from,
 )
+from d2ssl.data.tiles import stack_channels_last
 
 NUM_PATCHES = 4  # a 2x2 grid
 

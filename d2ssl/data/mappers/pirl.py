@@ -13,22 +13,19 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
+from d2ssl.data.color import ColorAugmentation, torch_rng_from
 from d2ssl.data.device_augmentation import DEFERRED_AUGMENTATION, defer_augmentation
 from d2ssl.data.image_io import read_rgb_image
-from d2ssl.data.transforms import (
+from d2ssl.data.resize import (
     IMAGENET_MEAN,
     IMAGENET_STD,
-    ColorAugmentation,
-    cut_tiles,
     normalize_uint8,
     pil_to_uint8_hwc,
     random_resized_crop_box,
     resized_crop,
-    tile_corners,
-    tiles_at,
     to_normalized_tensor,
-    torch_rng_from,
 )
+from d2ssl.data.tiles import cut_tiles, tile_corners, tiles_at
 
 
 class PIRLMapper:
@@ -141,7 +138,7 @@ class PIRLMapper:
     def _crops(self, image: Image.Image, generator: torch.Generator):
         """uint8 ``(3, S, S)`` image view, ``(T, 3, t, t)`` shuffled tiles and the tile order; every
         draw from ``generator`` (the image's crop, the patch crop, the tile jitter, the order). Both
-        crops are ``RandomResizedCrop``'s (:func:`~d2ssl.data.transforms.resized_crop`)."""
+        crops are ``RandomResizedCrop``'s (:func:`~d2ssl.data.resize.resized_crop`)."""
         pixels = pil_to_uint8_hwc(image)
         top, left, h, w = random_resized_crop_box(image.width, image.height, self.image_scale, generator)
         view = resized_crop(pixels, (top, left, h, w), self.image_size)

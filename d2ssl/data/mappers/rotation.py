@@ -8,18 +8,16 @@ from collections.abc import Callable
 import torch
 from torchvision import transforms as T
 
+from d2ssl.data.color import ColorAugmentation, color_augmentation, torch_rng_from
 from d2ssl.data.image_io import read_rgb_image
-from d2ssl.data.transforms import (
+from d2ssl.data.resize import (
     IMAGENET_MEAN,
     IMAGENET_STD,
-    ColorAugmentation,
-    color_augmentation,
     normalize_uint8,
     pil_to_uint8_hwc,
     random_resized_crop_box,
     resized_crop,
     to_normalized_tensor,
-    torch_rng_from,
 )
 
 NUM_ROTATIONS = 4  # 0, 90, 180, 270 degrees

@@ -1,0 +1,518 @@
+"""Mutation testing of the modules whose bugs change a number or lose data (issue 25).
+
+Each mutant is one edit made by one of cosmic-ray's mutation operators (``+`` -> ``-``, ``<`` -> ``<=``,
+a number +-1, ``not`` added to a condition, a loop that never runs, ...) to a COPY of the repository in a
+temporary folder; the module's own tests then run against that copy, one mutant at a time, stopping at the
+first failure. A mutant that no test notices (``survived``) is a change of behaviour the tests would let
+through, unless it is equivalent: the reason is then written in ``EQUIVALENT`` below, keyed by the edit's
+text, so a reader can check it.
+
+    python benchmarks/mutation.py                       # every module of DEFAULT_MAP
+    python benchmarks/mutation.py --module d2ssl/losses/nce.py --tests tests/losses/test_nce.py \\
+        --functions nce,weighted_terms --max-mutants 50 --timeout 60
+
+Results go to ``benchmarks/results/mutation_cpu.json`` (and a Markdown summary beside it). The run is
+resumable: a mutant already in the results for the same module digest (sha256 of the module's text) is not
+run again, except a survivor whose test files changed since (a new test may now kill it). The real working
+tree is never written: the copy lives in a temporary folder removed at exit, and each test run imports the
+copy's ``d2ssl`` (checked, since an editable install would otherwise win).
+
+Test runs are forked from a process that has already imported torch and pytest, so each mutant costs its
+tests, not a 3-second import; ``--no-fork`` runs each in a fresh ``python -m pytest`` instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import difflib
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results" / "mutation_cpu.json"
+# What a test run needs besides the module: the package, its tests and configs (tests load tiny configs),
+# the tools (some tests run them), and pyproject.toml (pytest's options and rootdir).
+COPIED = ("d2ssl", "tests", "configs", "tools", "pyproject.toml")
+
+# Module -> (tests that cover it, functions or classes to mutate; empty: the whole module). Test files are
+# those that exercise the module's behaviour directly (not the slow end-to-end recipes, which a survivor
+# would pay in full), the small *_mutants.py files first so that -x stops early; "file::test" picks one.
+DEFAULT_MAP: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "d2ssl/evaluation/knn.py": (
+        ("tests/evaluation/test_knn_mutants.py", "tests/evaluation/test_knn_protocols.py",
+         "tests/evaluation/test_knn.py::test_separable_features_give_100_percent",
+         "tests/evaluation/test_knn.py::test_real_photos_well_above_chance_and_shuffled_labels_at_chance",
+         "tests/evaluation/test_knn.py::test_votes_are_summed_exp_similarity_over_temperature"),
+        ("l2_normalize", "nearest_neighbors", "knn_scores", "ranked_classes", "knn_topk_accuracy",
+         "knn_evaluate", "knn_on_cached_features"),
+    ),
+    "d2ssl/utils/safe_io.py": (
+        ("tests/utils/test_safe_io_mutants.py", "tests/utils/test_checksum_covers_the_whole_file.py",
+         "tests/checkpoint/test_legacy_checkpoint_integrity.py", "tests/checkpoint/test_safe_loading.py"),
+        (),
+    ),
+    "d2ssl/data/splits.py": (
+        ("tests/data/test_splits_mutants.py", "tests/data/test_splits.py",
+         "tests/data/test_validation_holdout.py"),
+        # The cut and the draw; write_dataset_split's record files and knn_monitor_part were being written
+        # when this map was made.
+        ("_labels_of", "_indices_per_class", "_class_rng", "stratified_indices", "stratified_split",
+         "holdout_indices", "holdout_split", "class_balanced_subset", "subset_from_list", "write_list_file",
+         "write_split_lists", "split_part"),
+    ),
+    "d2ssl/losses/nce.py": (
+        ("tests/losses/test_nce_mutants.py", "tests/losses/test_nce.py",
+         "tests/losses/test_nce_fast_paths.py"),
+        ("_chunks", "_gathered_scores", "_whole_bank_scores", "bank_rows_weighted_sum", "bank_scores",
+         "sample_negatives", "logits", "_rows", "_loss_of_logits", "_scored_loss", "nce",
+         "estimate_norm_constant", "update_memory", "weighted_terms", "_initial_memory"),
+    ),
+    "d2ssl/checkpoint/export.py": (
+        ("tests/checkpoint/test_export.py", "tests/checkpoint/test_export_mutants.py"),
+        (),
+    ),
+    "d2ssl/evaluation/clustering.py": (
+        ("tests/evaluation/test_clustering_mutants.py", "tests/evaluation/test_clustering.py",
+         "tests/evaluation/test_clustering_outputs_written_atomically.py"),
+        ("_as_float32_matrix", "l2_normalize", "WhiteningPCA", "fit_pca", "preprocess_features", "run_kmeans",
+         "assign_to_centroids", "cluster_sizes", "size_summary", "clustering_quality", "cluster_and_label"),
+    ),
+    "d2ssl/evaluation/linear_grid.py": (
+        ("tests/evaluation/test_linear_grid.py", "tests/evaluation/test_linear_grid_mutants.py"),
+        (),
+    ),
+}
+
+# cosmic-ray offers every operator -> every other operator (12 mutants per '+'); one or two plausible
+# slips per site keep the run within a CPU budget and still catch a test that does not look at the value.
+OPERATORS = (
+    "core/ReplaceBinaryOperator_Add_Sub", "core/ReplaceBinaryOperator_Sub_Add",
+    "core/ReplaceBinaryOperator_Mul_Div", "core/ReplaceBinaryOperator_Div_Mul",
+    "core/ReplaceBinaryOperator_FloorDiv_Div", "core/ReplaceBinaryOperator_Mod_FloorDiv",
+    "core/ReplaceBinaryOperator_Pow_Mul", "core/ReplaceBinaryOperator_BitAnd_BitOr",
+    "core/ReplaceBinaryOperator_BitOr_BitAnd",
+    "core/ReplaceComparisonOperator_Eq_NotEq", "core/ReplaceComparisonOperator_NotEq_Eq",
+    "core/ReplaceComparisonOperator_Lt_LtE", "core/ReplaceComparisonOperator_LtE_Lt",
+    "core/ReplaceComparisonOperator_Gt_GtE", "core/ReplaceComparisonOperator_GtE_Gt",
+    "core/ReplaceComparisonOperator_Is_IsNot", "core/ReplaceComparisonOperator_IsNot_Is",
+    "core/ReplaceUnaryOperator_USub_UAdd", "core/ReplaceUnaryOperator_Delete_Not",
+    "core/AddNot", "core/ReplaceTrueWithFalse", "core/ReplaceFalseWithTrue",
+    "core/ReplaceAndWithOr", "core/ReplaceOrWithAnd",
+    "core/ReplaceBreakWithContinue", "core/ReplaceContinueWithBreak",
+    "core/NumberReplacer", "core/ZeroIterationForLoop", "core/ExceptionReplacer",
+)
+
+# Survivors that are equivalent: (module, original line, mutated line) -> why no test can tell them apart.
+# Keyed by the text of the edit, not by mutant id, so a reason follows its line when code moves.
+EQUIVALENT: dict[tuple[str, str, str], str] = {
+    ("d2ssl/evaluation/knn.py",
+     "num_classes = int(max(memory.labels.max(), queries.labels.max())) + 1",
+     "num_classes = int(max(memory.labels.max(), queries.labels.max())) + 2"):
+        "the extra class column has the highest index and no votes, so the stable descending sort ranks it "
+        "after every real class, and no label is that class: every top-k hit is unchanged",
+    ("d2ssl/evaluation/knn.py", "json.dump(report, f, indent=2)", "json.dump(report, f, indent= 3)"):
+        "indentation of the JSON report: the parsed content, what every reader uses, is the same",
+    ("d2ssl/data/splits.py",
+     "if not ratios or any(r < 0 for r in ratios) or abs(sum(ratios) - 1.0) > 1e-6:",
+     "if not ratios or any(r < 0 for r in ratios) or abs(sum(ratios) - 1.0) >= 1e-6:"):
+        "differs only when |sum(ratios) - 1| is exactly the double nearest 1e-6; a tolerance's boundary, "
+        "not a behaviour: ratios off by more are refused and ratios off by less accepted either way",
+}
+
+
+@dataclass
+class Mutant:
+    operator: str
+    occurrence: int
+    line: int  # 1-based line of the mutated node in the original module
+    code: str  # the whole mutated module
+
+    @property
+    def id(self) -> str:
+        return f"{self.operator.split('/', 1)[1]}#{self.occurrence}"
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def tests_digest(root: Path, tests: list[str]) -> str:
+    """One digest of the covering test files' contents (and of the shared conftest), in the given order."""
+    h = hashlib.sha256()
+    for name in [*tests, "tests/conftest.py"]:
+        path = root / name.split("::")[0]
+        h.update(name.encode() + b"\0" + (path.read_bytes() if path.exists() else b"<missing>") + b"\0")
+    return h.hexdigest()
+
+
+def function_lines(source: str, names: tuple[str, ...]) -> set[int] | None:
+    """Lines inside the named functions or classes (a method by its bare name or Class.method); None: all."""
+    if not names:
+        return None
+    lines: set[int] = set()
+    found: set[str] = set()
+
+    def visit(node: ast.AST, prefix: str) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                qualname = prefix + child.name
+                if child.name in names or qualname in names:
+                    found.update({child.name, qualname})
+                    first = min([child.lineno, *(d.lineno for d in child.decorator_list)])
+                    lines.update(range(first, child.end_lineno + 1))
+                visit(child, qualname + ".")
+
+    visit(ast.parse(source), "")
+    missing = [n for n in names if n not in found]
+    if missing:
+        raise SystemExit(f"--functions: {missing} not defined in the module; name its functions or classes "
+                         f"(a method as Class.method), or drop --functions to mutate the whole module")
+    return lines
+
+
+def generate_mutants(source: str, in_scope: set[int] | None) -> list[Mutant]:
+    """Every mutant of the OPERATORS in source, in a stable order (operator, then position)."""
+    from cosmic_ray.ast import Visitor, get_ast
+    from cosmic_ray.mutating import mutate_code
+    from cosmic_ray.plugins import get_operator
+
+    class Positions(Visitor):
+        def __init__(self, operator):
+            self.operator, self.lines = operator, []
+
+        def visit(self, node):
+            for index, _ in enumerate(self.operator.mutation_positions(node)):
+                self.lines.append((node.start_pos, index))
+            return node
+
+    annotations = _annotation_spans(source)
+    mutants = []
+    for name in OPERATORS:
+        operator = get_operator(name)()
+        positions = Positions(operator)
+        positions.walk(get_ast(source))
+        for occurrence, ((line, column), index) in enumerate(positions.lines):
+            if in_scope is not None and line not in in_scope:
+                continue
+            if any(start <= (line, column) < end for start, end in annotations):
+                continue
+            if name == "core/NumberReplacer" and index != 0:  # n+1 only: n-1 rarely finds another gap
+                continue
+            try:
+                code = mutate_code(source, operator, occurrence)
+            except AttributeError:  # cosmic-ray's ExceptionReplacer cannot rename a dotted exception name
+                continue
+            if code is None or code == source:
+                continue
+            try:  # e.g. Pow -> Mul on a '**kwargs' unpacking: not a program, not a mutant
+                compile(code, "<mutant>", "exec")
+            except SyntaxError:
+                continue
+            mutants.append(Mutant(name, occurrence, line, code))
+    return mutants
+
+
+def _annotation_spans(source: str) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+    """((line, col), (end line, end col)) of each annotation, if the module postpones their evaluation.
+
+    Under ``from __future__ import annotations`` an annotation is a string nobody evaluates, so a mutant in
+    ``int | None`` is equivalent by construction: not worth a test run, nor a reason each.
+    """
+    tree = ast.parse(source)
+    postponed = any(isinstance(n, ast.ImportFrom) and n.module == "__future__"
+                    and any(a.name == "annotations" for a in n.names) for n in tree.body)
+    if not postponed:
+        return []
+    spans = []
+    for node in ast.walk(tree):
+        found = []
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            found.append(node.returns)
+        elif isinstance(node, ast.arg) or isinstance(node, ast.AnnAssign):
+            found.append(node.annotation)
+        spans += [((a.lineno, a.col_offset), (a.end_lineno, a.end_col_offset)) for a in found if a]
+    return spans
+
+
+def edit_of(original: str, mutated: str) -> tuple[str, str, int]:
+    """(original line(s), mutated line(s), first line number) of a one-site edit, stripped."""
+    a, b = original.split("\n"), mutated.split("\n")
+    for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(a=a, b=b, autojunk=False).get_opcodes():
+        if tag != "equal":
+            return " / ".join(s.strip() for s in a[i1:i2]), " / ".join(s.strip() for s in b[j1:j2]), i1 + 1
+    return "", "", 0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Running the tests of one mutant
+
+
+class _FirstFailure:
+    """pytest plugin: remembers the node id of the first failing test (the one that killed the mutant)."""
+
+    def __init__(self) -> None:
+        self.nodeid: str | None = None
+
+    def pytest_runtest_logreport(self, report) -> None:
+        if report.failed and self.nodeid is None:
+            self.nodeid = report.nodeid
+
+
+def _child(copy: Path, tests: list[str], module: str, result_file: Path) -> None:
+    """In the forked process: run pytest on the copy, write {"rc", "killer"} to result_file, exit."""
+    os.setpgid(0, 0)  # its own group, so a timeout kills the tests' subprocesses too
+    os.chdir(copy)
+    sys.path.insert(0, str(copy))
+    import importlib
+
+    import pytest
+
+    with open(os.devnull, "w") as null:  # the tests' own output is not read: the plugin records the killer
+        os.dup2(null.fileno(), 1)
+        os.dup2(null.fileno(), 2)
+    importlib.invalidate_caches()
+    dotted = module[:-3].replace("/", ".")
+    imported = importlib.import_module(dotted)
+    if not str(Path(imported.__file__).resolve()).startswith(str(copy.resolve())):
+        wrong = f"imported {imported.__file__}, not the copy"
+        result_file.write_text(json.dumps({"rc": -1, "killer": wrong}))
+        os._exit(3)
+    recorder = _FirstFailure()
+    rc = int(pytest.main(["-x", "-q", "-p", "no:cacheprovider", *tests], plugins=[recorder]))
+    result_file.write_text(json.dumps({"rc": rc, "killer": recorder.nodeid}))
+    os._exit(0)
+
+
+def run_tests(
+    copy: Path, tests: list[str], module: str, timeout: float, fork: bool
+) -> tuple[str, str | None, float]:
+    """("passed" | "failed" | "timeout" | "error", killing test or None, seconds) of the tests on the copy."""
+    start = time.monotonic()
+    result_file = copy / ".mutation_result.json"
+    result_file.unlink(missing_ok=True)
+    if fork:
+        pid = os.fork()
+        if pid == 0:
+            try:
+                _child(copy, tests, module, result_file)
+            finally:
+                os._exit(4)
+        deadline = start + timeout
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            if time.monotonic() > deadline:
+                for target in (lambda: os.killpg(pid, signal.SIGKILL), lambda: os.kill(pid, signal.SIGKILL)):
+                    try:
+                        target()
+                    except ProcessLookupError:
+                        pass
+                os.waitpid(pid, 0)
+                return "timeout", None, time.monotonic() - start
+            time.sleep(0.05)
+        if not result_file.exists():  # the mutant crashed the interpreter (or os._exit'ed): a kill
+            return "failed", f"<process exit status {status}>", time.monotonic() - start
+        out = json.loads(result_file.read_text())
+        if out["rc"] == -1:
+            raise SystemExit(f"the tests did not import the copy: {out['killer']}")
+        return ("passed" if out["rc"] == 0 else "failed"), out["killer"], time.monotonic() - start
+    env = dict(os.environ, PYTHONPATH=str(copy), PYTHONDONTWRITEBYTECODE="1")
+    try:
+        proc = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests],
+                              cwd=copy, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return "timeout", None, time.monotonic() - start
+    killer = next((line.split(" ", 1)[1].split(" - ")[0] for line in proc.stdout.splitlines()
+                   if line.startswith("FAILED ")), None)
+    return ("passed" if proc.returncode == 0 else "failed"), killer, time.monotonic() - start
+
+
+def make_copy() -> Path:
+    copy = Path(tempfile.mkdtemp(prefix="mut-"))
+    for name in COPIED:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, copy / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            shutil.copy2(src, copy / name)
+    return copy
+
+
+# ---------------------------------------------------------------------------------------------------------
+
+
+def load_results(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {"modules": {}}
+
+
+def write_results(path: Path, results: dict, module: str) -> None:
+    """Merges this run's entry for ``module`` into the file (under a lock: runs of other modules may be
+    writing theirs) and rewrites the Markdown summary."""
+    import fcntl
+
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        merged = load_results(path)
+        merged["machine"] = results["machine"]
+        merged["modules"][module] = results["modules"][module]
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(merged, indent=1, sort_keys=True) + "\n")
+        os.replace(tmp, path)
+        path.with_suffix(".md").write_text(summary_markdown(merged))
+
+
+def counts(entry: dict) -> dict:
+    statuses = [m["status"] for m in entry["mutants"].values()]
+    return {s: statuses.count(s) for s in ("killed", "timeout", "survived", "equivalent", "error")}
+
+
+def summary_markdown(results: dict) -> str:
+    lines = ["# Mutation testing (benchmarks/mutation.py)", "",
+             "Operators: cosmic-ray's, the subset in `OPERATORS`; each mutant runs its module's tests with "
+             "`pytest -x`; a timeout (an endless loop) counts as a kill. Each survivor is either killed by a "
+             "test added since (rerun: its status is then killed) or listed below with why it is "
+             "equivalent.", "",
+             "| module | sha256 (12) | mutants | killed | timeout | equivalent | survived |",
+             "|---|---|---|---|---|---|---|"]
+    for module, entry in sorted(results["modules"].items()):
+        c = counts(entry)
+        lines.append(f"| {module} | {entry['sha256'][:12]} | {len(entry['mutants'])} | {c['killed']} | "
+                     f"{c['timeout']} | {c['equivalent']} | {c['survived']} |")
+    lines += ["", "## Survivors and equivalents", ""]
+    for module, entry in sorted(results["modules"].items()):
+        for mid, m in sorted(entry["mutants"].items(), key=lambda kv: kv[1]["line"]):
+            if m["status"] in ("survived", "equivalent"):
+                why = m.get("reason", "") if m["status"] == "equivalent" else "NOT KILLED"
+                lines.append(f"- {module}:{m['line']} `{m['before']}` -> `{m['after']}` ({mid}): {why}")
+    return "\n".join(lines) + "\n"
+
+
+def mutate_module(module: str, tests: list[str], functions: tuple[str, ...], args, results: dict) -> None:
+    source = (REPO / module).read_text()
+    digest = sha256_text(source)
+    tdigest = tests_digest(REPO, tests)
+    entry = results["modules"].get(module)
+    if entry is None or entry["sha256"] != digest:
+        entry = {"sha256": digest, "mutants": {}}
+        results["modules"][module] = entry
+    entry.update(tests=tests, functions=list(functions), operators=list(OPERATORS))
+
+    mutants = generate_mutants(source, function_lines(source, functions))
+    current = {m.id for m in mutants}
+    for stale in [mid for mid in entry["mutants"] if mid not in current]:  # operators or scope changed
+        del entry["mutants"][stale]
+    if args.max_mutants:
+        mutants = mutants[: args.max_mutants]
+    todo = []
+    for m in mutants:
+        old = entry["mutants"].get(m.id)
+        if old is None or (old["status"] in ("survived", "error") and old["tests_sha256"] != tdigest) \
+                or (args.rerun_survivors and old["status"] == "survived"):
+            todo.append(m)
+        elif old["status"] in ("survived", "equivalent"):  # a reason may have been written since
+            _classify(module, old)
+    print(f"{module}: {len(mutants)} mutants, {len(todo)} to run", flush=True)
+    if not todo:
+        write_results(args.results, results, module)
+        return
+
+    copy = make_copy()
+    try:
+        # The copy must be the tree the results name: the module as digested, the tests as digested.
+        (copy / module).write_text(source)
+        status, killer, seconds = run_tests(copy, tests, module, max(args.timeout, 600), args.fork)
+        if status != "passed":
+            raise SystemExit(f"{module}: its tests fail without any mutant ({killer}); fix them first: "
+                             f"a mutation run needs a green baseline")
+        timeout = args.timeout or max(20.0, 3 * seconds + 10)
+        print(f"  baseline {seconds:.1f}s, timeout {timeout:.0f}s", flush=True)
+        for i, m in enumerate(todo, 1):
+            (copy / module).write_text(m.code)
+            status, killer, seconds = run_tests(copy, tests, module, timeout, args.fork)
+            before, after, _ = edit_of(source, m.code)
+            record = {"operator": m.operator, "line": m.line, "before": before, "after": after,
+                      "status": {"failed": "killed", "passed": "survived"}.get(status, status),
+                      "killed_by": killer, "seconds": round(seconds, 1), "tests_sha256": tdigest}
+            _classify(module, record)
+            entry["mutants"][m.id] = record
+            print(f"  [{i}/{len(todo)}] {m.id} L{m.line} {record['status']} {seconds:.1f}s  "
+                  f"{before[:60]!r} -> {after[:60]!r}", flush=True)
+            write_results(args.results, results, module)
+    finally:
+        (copy / module).write_text(source)
+        shutil.rmtree(copy, ignore_errors=True)
+    write_results(args.results, results, module)
+
+
+def _classify(module: str, record: dict) -> None:
+    reason = EQUIVALENT.get((module, record["before"], record["after"]))
+    if record["status"] in ("survived", "equivalent"):
+        record["status"] = "equivalent" if reason else "survived"
+        record.pop("reason", None)
+        if reason:
+            record["reason"] = reason
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--module", action="append", help="module path (repeat); default: all of DEFAULT_MAP")
+    parser.add_argument("--tests", nargs="+", help="test files of the one --module; default: the map's")
+    parser.add_argument("--functions", help="comma-separated functions/classes to mutate; default: the map's")
+    parser.add_argument("--max-mutants", type=int, default=0, help="first N mutants per module (0: all)")
+    parser.add_argument("--timeout", type=float, default=0, help="seconds per mutant; 0: 3x baseline + 10")
+    parser.add_argument("--rerun-survivors", action="store_true", help="run recorded survivors again")
+    parser.add_argument("--no-fork", dest="fork", action="store_false", help="a fresh python per mutant")
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+
+    modules = args.module or list(DEFAULT_MAP)
+    if args.tests and len(modules) != 1:
+        parser.error("--tests applies to exactly one --module")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
+    sys.dont_write_bytecode = True  # a same-size mutant written within a second would reuse a stale .pyc
+    # SIGTERM (a killed run) unwinds like Ctrl-C, so the temporary copy is removed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    if args.fork:
+        # Imported once here, so each forked test run skips them (never d2ssl: the copy's must be imported).
+        import pytest  # noqa: F401
+        import torch  # noqa: F401
+
+        for heavy in ("detectron2.config", "detectron2.modeling", "detectron2.checkpoint", "faiss",
+                      "torchvision", "sklearn.metrics", "PIL.Image", "fvcore.common.checkpoint"):
+            try:
+                __import__(heavy)
+            except ImportError:
+                pass
+
+    results = load_results(args.results)
+    results["machine"] = f"{os.cpu_count()} CPUs, {sys.platform}, python {sys.version.split()[0]}"
+    for module in modules:
+        if not (REPO / module).is_file():
+            parser.error(f"--module {module}: no such file under {REPO}")
+        tests, functions = DEFAULT_MAP.get(module, ((), ()))
+        # A map's test file that does not exist yet (a *_mutants.py to come) is skipped.
+        tests = [t for t in (args.tests or tests) if (REPO / t.split("::")[0]).exists()]
+        if not tests:
+            parser.error(f"--module {module}: no test files; pass --tests")
+        if args.functions is not None:
+            functions = tuple(f for f in args.functions.split(",") if f)
+        mutate_module(module, tests, functions, args, results)
+    for module, entry in sorted(results["modules"].items()):
+        print(module, len(entry["mutants"]), counts(entry))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,216 @@
+"""safe_io behaviour that benchmarks/mutation.py found untested (mutants of d2ssl/utils/safe_io.py that
+survived the other tests): the refusal message of a plain pickle, the sidecar's sha256sum format, a
+failed write leaving the old file, an empty sidecar, the warning for unverifiable files, the listing of
+a folder given as a weights file. Expected values come from hashlib, pickle and hand-written text."""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import datetime
+import decimal
+import fractions
+import hashlib
+import logging
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from d2ssl.utils.safe_io import (
+    CorruptFileError,
+    UnsafeFileError,
+    _Bounded,
+    atomic_write,
+    check_legacy_framing,
+    is_plain_pickle,
+    load_pickle_file,
+    load_torch_file,
+    load_weights_file,
+    not_a_file_message,
+    verify_integrity,
+)
+
+
+def _dump(path, obj, protocol: int = pickle.HIGHEST_PROTOCOL) -> str:
+    with open(path, "wb") as f:
+        pickle.dump(obj, f, protocol=protocol)
+    return str(path)
+
+
+def test_a_plain_pickle_with_one_foreign_class_is_refused_naming_it_and_its_container(tmp_path):
+    path = _dump(tmp_path / "args.pth", {"args": argparse.Namespace(lr=0.1), "w": [1.0]})
+    with pytest.raises(UnsafeFileError) as refused:
+        load_torch_file(path)
+    assert str(refused.value) == (
+        f"{path} is a plain pickle, not a torch zip file; it holds a dict with argparse.Namespace in it; "
+        f"loading it runs code: pass --allow-pickle if you trust it (train.weights_init.ALLOW_PICKLE=True "
+        f"in a config)"
+    )
+    loaded = load_torch_file(path, allow_pickle=True)
+    assert loaded["args"].lr == 0.1
+
+
+def test_a_plain_pickle_with_five_foreign_classes_names_three_and_counts_the_rest(tmp_path):
+    objects = {"a": argparse.Namespace(), "b": collections.Counter("ab"), "c": fractions.Fraction(1, 3),
+               "d": decimal.Decimal("1.5"), "e": datetime.date(2020, 1, 2)}
+    path = _dump(tmp_path / "many.pkl", objects)
+    with pytest.raises(UnsafeFileError, match=r"holds a dict with argparse\.Namespace, collections\.Counter, "
+                                              r"fractions\.Fraction and 2 more in it"):
+        load_torch_file(path)
+
+
+def test_a_pickled_object_at_the_top_is_named_as_an_object(tmp_path):
+    path = _dump(tmp_path / "ns.pth", argparse.Namespace(x=1))
+    with pytest.raises(UnsafeFileError, match=r"holds a argparse\.Namespace object with argparse\.Namespace"):
+        load_torch_file(path)
+
+
+@pytest.mark.parametrize("protocol", [2, 4])
+def test_plain_pickle_detection(tmp_path, protocol):
+    plain = _dump(tmp_path / "p.pkl", {"w": 1}, protocol=protocol)
+    assert is_plain_pickle(plain)
+    zipped = tmp_path / "z.pth"
+    torch.save({"w": torch.ones(1)}, zipped)
+    assert not is_plain_pickle(str(zipped))
+    legacy = tmp_path / "l.pth"
+    torch.save({"w": torch.ones(1)}, legacy, _use_new_zipfile_serialization=False)
+    assert not is_plain_pickle(str(legacy))
+    assert load_torch_file(str(legacy))["w"].tolist() == [1.0]
+
+
+def test_a_plain_pickle_of_arrays_loads_through_load_torch_file(tmp_path):
+    path = _dump(tmp_path / "zoo.pkl", {"model": {"w": np.arange(3.0)}}, protocol=2)
+    np.testing.assert_array_equal(load_torch_file(path)["model"]["w"], [0.0, 1.0, 2.0])
+    np.testing.assert_array_equal(load_weights_file(path)["model"]["w"], [0.0, 1.0, 2.0])
+
+
+def test_data_after_the_first_pickle_is_refused_as_damaged(tmp_path):
+    path = tmp_path / "two.pkl"
+    path.write_bytes(pickle.dumps({"a": 1}) + pickle.dumps({"b": 2}))
+    with pytest.raises(CorruptFileError, match="data follows the end of its first pickle"):
+        load_pickle_file(str(path))
+    with pytest.raises(CorruptFileError, match="data follows the end of its first pickle"):
+        load_pickle_file(str(path), allow_pickle=True)
+
+
+def test_the_sidecar_is_in_sha256sum_format_and_names_the_file(tmp_path):
+    path = tmp_path / "w.bin"
+    atomic_write(str(path), lambda f: f.write(b"hello"), checksum=True)
+    assert path.read_bytes() == b"hello"
+    assert (tmp_path / "w.bin.sha256").read_text() == f"{hashlib.sha256(b'hello').hexdigest()}  w.bin\n"
+    assert sorted(os.listdir(tmp_path)) == ["w.bin", "w.bin.sha256"]  # no .tmp left
+    # Without a checksum no sidecar is written; text mode writes text.
+    atomic_write(str(tmp_path / "t.txt"), lambda f: f.write("text"), mode="w")
+    assert (tmp_path / "t.txt").read_text() == "text" and not (tmp_path / "t.txt.sha256").exists()
+
+
+def test_a_failed_write_leaves_the_old_file_and_its_sidecar_and_no_temporary(tmp_path):
+    path = tmp_path / "w.bin"
+    atomic_write(str(path), lambda f: f.write(b"old"), checksum=True)
+    sidecar = (tmp_path / "w.bin.sha256").read_text()
+
+    def fails(f):
+        f.write(b"half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(str(path), fails, checksum=True)
+    assert path.read_bytes() == b"old" and (tmp_path / "w.bin.sha256").read_text() == sidecar
+    assert sorted(os.listdir(tmp_path)) == ["w.bin", "w.bin.sha256"]
+
+
+def test_a_rewrite_replaces_the_sidecar(tmp_path):
+    path = tmp_path / "w.bin"
+    atomic_write(str(path), lambda f: f.write(b"one"), checksum=True)
+    atomic_write(str(path), lambda f: f.write(b"two"), checksum=True)
+    assert (tmp_path / "w.bin.sha256").read_text().split()[0] == hashlib.sha256(b"two").hexdigest()
+    verify_integrity(str(path))
+
+
+def test_an_empty_or_wrong_sidecar_is_refused(tmp_path):
+    path = tmp_path / "w.pkl"
+    atomic_write(str(path), lambda f: pickle.dump({"a": 1}, f), checksum=True)
+    (tmp_path / "w.pkl.sha256").write_text("")
+    with pytest.raises(CorruptFileError, match=r"w\.pkl is damaged: its sha256 .* differs"):
+        verify_integrity(str(path))
+    (tmp_path / "w.pkl.sha256").write_text("0" * 64 + "  w.pkl\n")
+    with pytest.raises(CorruptFileError, match="differs from the one written beside it"):
+        verify_integrity(str(path))
+
+
+def test_files_no_check_covers_load_with_a_warning_unless_a_sidecar_covers_them(tmp_path, caplog):
+    plain = _dump(tmp_path / "p.pkl", {"a": 1})
+    with caplog.at_level(logging.WARNING, logger="d2ssl.utils.safe_io"):
+        verify_integrity(plain)
+    assert ("not a torch zip file (a pickle has no checksum of its own): content cannot be verified"
+            in caplog.text)
+    assert "sha256sum p.pkl > p.pkl.sha256" in caplog.text
+    caplog.clear()
+    covered = tmp_path / "c.pkl"
+    atomic_write(str(covered), lambda f: pickle.dump({"a": 1}, f), checksum=True)
+    with caplog.at_level(logging.WARNING, logger="d2ssl.utils.safe_io"):
+        verify_integrity(str(covered))
+    assert caplog.text == ""
+    zipped = tmp_path / "z.pth"
+    torch.save({"w": torch.ones(1)}, zipped)  # its zip CRCs cover it: no warning either
+    with caplog.at_level(logging.WARNING, logger="d2ssl.utils.safe_io"):
+        verify_integrity(str(zipped))
+    assert caplog.text == ""
+
+
+def test_bounded_reads_stop_at_the_size_given(tmp_path):
+    path = tmp_path / "b.bin"
+    path.write_bytes(bytes(range(10)))
+    with open(path, "rb") as f:
+        f.seek(4)
+        bounded = _Bounded(f, 8)  # a damaged length field asking for 100 bytes gets the 4 left
+        assert bounded.read(100) == bytes([4, 5, 6, 7])
+        assert bounded.read() == b"" and bounded.read(-1) == b""
+        f.seek(2)
+        buffer = bytearray(10)
+        assert bounded.readinto(buffer) == 6 and bytes(buffer[:6]) == bytes([2, 3, 4, 5, 6, 7])
+        f.seek(6)
+        assert bounded.read(1) == bytes([6]) and bounded.read(None) == bytes([7])
+
+
+def test_mmap_loading_gives_the_same_tensors(tmp_path):
+    path = tmp_path / "z.pth"
+    torch.save({"w": torch.arange(4.0)}, path)
+    assert load_torch_file(str(path), mmap=True)["w"].tolist() == [0.0, 1.0, 2.0, 3.0]
+
+
+def test_a_missing_path_and_folders_are_described(tmp_path):
+    missing = str(tmp_path / "nope.pth")
+    assert not_a_file_message(missing) == f"weights file {missing!r} does not exist"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("")
+    (empty / "sub.pth").mkdir()  # a folder named like a checkpoint is not one
+    assert not_a_file_message(str(empty), "checkpoint") == (
+        f"{empty} is a directory, not a checkpoint; it holds no checkpoint-like file "
+        f"(.pth, .pkl, .pt, .pyth, .tar, .ckpt, .bin, .torch)")
+    full = tmp_path / "full"
+    full.mkdir()
+    names = [f"m{i:02d}.pth" for i in range(10)]
+    for n in names:
+        (full / n).write_bytes(b"")
+    assert not_a_file_message(str(full)) == (
+        f"{full} is a directory, not a weights file; checkpoint-like files in it: {', '.join(names[:8])} "
+        f"and 2 more")
+    few = tmp_path / "few"
+    few.mkdir()
+    for n in ("b.ckpt", "a.torch"):
+        (few / n).write_bytes(b"")
+    assert not_a_file_message(str(few)).endswith("checkpoint-like files in it: a.torch, b.ckpt")
+
+
+def test_bytes_after_the_last_legacy_storage_are_counted(tmp_path):
+    path = tmp_path / "legacy.pth"
+    torch.save({"w": torch.arange(3.0)}, path, _use_new_zipfile_serialization=False)
+    check_legacy_framing(str(path))  # intact
+    path.write_bytes(path.read_bytes() + b"xyz")
+    with pytest.raises(CorruptFileError, match=r"legacy\.pth is damaged: 3 extra bytes follow the last"):
+        check_legacy_framing(str(path))
