@@ -509,7 +509,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.functions is not None:
             functions = tuple(f for f in args.functions.split(",") if f)
         mutate_module(module, tests, functions, args, results)
-    for module, entry in sorted(results["modules"].items()):
+    for module in modules:
+        entry = results["modules"][module]
         print(module, len(entry["mutants"]), counts(entry))
     return 0
 

@@ -5,11 +5,12 @@
 # 30/60/90/100, no warmup; SEED_VALUE 1). IN-1k linear top-1 in VISSL's MODEL_ZOO.md: 48.2 (VISSL's own
 # run rotnet_rn50_in1k_ep105_rotnet_8gpu_resnet_17_07_20).
 #
-# Opt-in: configs/rotnet_R50_4rot.py puts all four rotations of each image in the batch (Gidaris et al.'s
-# code). Deviation kept (d2ssl.data.mappers.rotation.RotationMapper): VISSL rotates the whole image before
-# the crop (black corners on non-square images at 90/270 degrees) and flips after rotating (90 and 270
-# swap labels on flipped images); here the square crop is flipped, then rotated, so every label is exact.
-# Both change the training images, so they may move the number: see the mapper's docstring.
+# VISSL's order is kept, defects included: the whole image is rotated before the crop (torchvision's
+# rotate, same canvas: a non-square image at 90/270 degrees gets black sides, a cue to the label) and the
+# flip comes after the rotation (a flipped 90-degree image is a 270-degree rotation of the flipped image,
+# still labelled 90). Both shape the training images, so they can move the number: they stay default.
+# Opt-in: rotate_before_crop=False rotates the augmented square crop (every label exact);
+# configs/rotnet_R50_4rot.py also puts all four rotations of each image in the batch (Gidaris et al.).
 from detectron2.config import LazyCall as L
 
 from d2ssl.data import build_ssl_train_loader
@@ -39,6 +40,7 @@ dataloader = dict(
                 color_jitter=None, grayscale_prob=0.0, gaussian_blur_prob=0.0, horizontal_flip=True
             ),
             rotations_per_image=ROTATIONS_PER_IMAGE,
+            rotate_before_crop=True,  # ImgRotatePil is the first transform of the yaml
         ),
         total_batch_size=256 // ROTATIONS_PER_IMAGE,  # images: 8 GPUs x 32 (BATCHSIZE_PER_REPLICA)
         num_workers=8,

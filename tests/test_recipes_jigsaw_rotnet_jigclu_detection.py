@@ -15,14 +15,13 @@ import math
 
 import pytest
 import torch
-from omegaconf import ListConfig
 from detectron2.config import CfgNode, get_cfg, instantiate
 from detectron2.data.detection_utils import build_augmentation
+from detectron2.layers import get_norm
 from detectron2.modeling import GeneralizedRCNN
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, Res5ROIHeads
-from detectron2.layers import get_norm
 from detectron2.solver import build_lr_scheduler, build_optimizer
-
+from omegaconf import ListConfig
 from test_recipes_jigclu_nce_clusterfit import (
     LR_RTOL,
     _assert_all_equal,
@@ -36,6 +35,7 @@ from test_recipes_jigclu_nce_clusterfit import (
     _trunk_and_head_optimizer,
     _vissl_multistep,
 )
+
 from d2ssl.engine.train_loop import scale_to_world_size
 
 # ------------------------------------------------------------------ RotNet
@@ -65,12 +65,14 @@ def test_rotnet_R50_runs_vissls_rotnet_8gpu_resnet():
     head = _meta(cfg.model.head)
     assert [(m.in_features, m.out_features) for m in head.modules() if isinstance(m, torch.nn.Linear)] == [
         (2048, 4)]
-    # l. 20-23: ImgRotatePil (vissl/data/ssl_transforms/img_rotate_pil.py l. 36-39 + 62-63: ONE angle of
+    # l. 20-23: ImgRotatePil (vissl/data/ssl_transforms/img_rotate_pil.py l. 40-42 + 57-58: ONE angle of
     # four drawn per image), RandomResizedCrop(224) (scale 0.08-1), RandomHorizontalFlip, no colour.
+    assert cfg.model.trunk.norm == "BN"  # defaults.yaml l. 908-909: CONVERT_BN_TO_SYNC_BN False
     mapper = cfg.dataloader.train.mapper
     assert (mapper.rotations_per_image, mapper.crop_size, tuple(mapper.crop_scale)) == (1, 224, (0.08, 1.0))
     a = mapper.augmentation
-    assert (a.color_jitter, a.grayscale_prob, a.gaussian_blur_prob, a.horizontal_flip) == (None, 0.0, 0.0, True)
+    flags = (a.color_jitter, a.grayscale_prob, a.gaussian_blur_prob, a.horizontal_flip)
+    assert flags == (None, 0.0, 0.0, True)
 
 
 def test_rotnet_R50_draws_one_uniform_rotation_per_image():
@@ -85,9 +87,37 @@ def test_rotnet_R50_draws_one_uniform_rotation_per_image():
     assert {int(lab) for lab in labels} == {0, 1, 2, 3}  # P(a label missing in 40 draws) < 4 x 0.75^40
 
 
+def test_rotnet_R50_rotates_the_whole_image_before_the_crop_as_imgrotatepil():
+    import numpy as np
+
+    # rotnet_8gpu_resnet.yaml l. 20-23: ImgRotatePil first (TF.rotate of the PIL image, same canvas), then
+    # RandomResizedCrop, then the flip. A white 64 x 128 image at 90/270 degrees is a 64 x 64 white square
+    # between black bands 32 px wide; scale 1 can't fit ratio <= 4/3 in 2:1, so torchvision's fallback crop
+    # is the central 85 x 64, 10-11 px of black on each side: black edges exactly when the label is 1 or 3.
+    cfg = _config("rotnet_R50.py")
+    assert cfg.dataloader.train.mapper.rotate_before_crop is True
+    cfg.dataloader.train.mapper.update(crop_size=32, crop_scale=(1.0, 1.0))
+    mapper = instantiate(cfg.dataloader.train.mapper)
+    image = {"image": np.full((64, 128, 3), 255, dtype=np.uint8), "image_id": 0}
+    seen = set()
+    for seed in range(16):
+        out = mapper(dict(image), torch.Generator().manual_seed(seed))
+        label = int(out["rotation_labels"])
+        edges = out["images"][0, :, :, [0, -1]]  # first and last columns, normalised
+        black_edges = bool((edges < -1.5).all())  # black: (0 - mean) / std < -1.7; white > 2
+        assert black_edges == (label in (1, 3)), (seed, label)
+        seen.add(label)
+    assert seen == {0, 1, 2, 3}
+
+
 def test_rotnet_4rot_option_puts_all_four_rotations_of_each_image_in_the_batch():
     cfg = _config("rotnet_R50_4rot.py")
-    assert (cfg.dataloader.train.mapper.rotations_per_image, cfg.dataloader.train.total_batch_size) == (4, 64)
+    mapper = cfg.dataloader.train.mapper
+    assert (mapper.rotations_per_image, mapper.rotate_before_crop, cfg.dataloader.train.total_batch_size) == (
+        4, False, 64)
+    cfg.dataloader.train.mapper.rotate_before_crop = True
+    with pytest.raises(ValueError, match="rotate_before_crop=True .* set rotations_per_image=1, got 4"):
+        instantiate(cfg.dataloader.train.mapper)
 
 
 # ------------------------------------------------------------------ Jigsaw
@@ -123,7 +153,7 @@ def test_jigsaw_R50_data_head_and_seed_are_vissls():
     assert train.seed == 0
     # l. 19-34: Resize 256, flip, RandomCrop 255, RandomGrayscale 0.66, Normalize the whole image,
     # ImgPatchesFromTensor(9, jitter 21): cells of 255 // 3 = 85, tiles of 85 - 21 = 64
-    # (img_patches_tensor.py l. 42-43), ShuffleImgPatches over the 2000-row max_avg file.
+    # (img_patches_tensor.py l. 41-42), ShuffleImgPatches over the 2000-row max_avg file.
     m = cfg.dataloader.train.mapper
     assert (m.grid, m.resize_size, m.crop_size, m.tile_size) == (3, 256, 255, 255 // 3 - 21)
     assert (m.grayscale_prob, m.per_tile_normalization) == (0.66, False)
@@ -135,6 +165,11 @@ def test_jigsaw_R50_data_head_and_seed_are_vissls():
     assert linears == [(2048, 1000), (9000, 2000)]
     per_tile = [type(x) for x in head.per_tile.modules() if not isinstance(x, torch.nn.Sequential)]
     assert per_tile == [torch.nn.Linear, torch.nn.BatchNorm1d, torch.nn.ReLU]
+    # vissl/models/heads/mlp.py l. 93-98: BatchNorm1d(eps HEAD.BATCHNORM_EPS 1e-5, momentum 0.1: defaults.yaml
+    # l. 896-898); the trunk keeps per-GPU BatchNorm (defaults.yaml l. 908-909: CONVERT_BN_TO_SYNC_BN False).
+    bn = next(x for x in head.modules() if isinstance(x, torch.nn.BatchNorm1d))
+    assert (bn.eps, bn.momentum) == (1e-5, 0.1)
+    assert cfg.model.trunk.norm == "BN"
 
 
 # ------------------------------------------------------------------ JigClu pretraining
@@ -184,6 +219,7 @@ def test_jigclu_R50_views_head_and_loss_are_main_pys():
 
 def test_linear_jigclu_R50_runs_main_lincls_with_the_readme_command():
     cfg = _config("eval/linear_jigclu_R50.py")
+    torch.manual_seed(0)  # the init draws from torch's global generator
     model = instantiate(cfg.model)  # a real R50 (its fc init is checked), 224 px dry pass on the CPU
     cfg.optimizer.params.model = model
     optimizer = instantiate(cfg.optimizer)
@@ -192,12 +228,13 @@ def test_linear_jigclu_R50_runs_main_lincls_with_the_readme_command():
     trained = [p for g in optimizer.param_groups for p in g["params"]]
     assert len(trained) == 2 and all(p.requires_grad for p in trained)
     assert not any(p.requires_grad for p in model.trunk.parameters())
-    # l. 167-169: fc weight normal(0, 0.01), bias 0: 2048 x 1000 draws, std within 1 % (stderr 0.07 %).
+    # l. 168-169: fc weight normal(0, 0.01), bias 0: 2048 x 1000 draws, std within 1 % (stderr 0.07 %).
     w, b = sorted(trained, key=lambda p: p.dim(), reverse=True)
     assert w.shape == (1000, 2048) and torch.equal(b, torch.zeros(1000))
     assert abs(w.mean().item()) < 1e-4 and w.std().item() == pytest.approx(0.01, rel=0.01)
-    # README l. 89: --lr 10.0, --batch-size 256; l. 42 epochs 100; l. 53 schedule [60, 80]; l. 527-532:
-    # x0.1 per milestone passed, set at each epoch start; l. 55-58: momentum 0.9, wd 0; torch SGD.
+    # README l. 89: --lr 10.0, --batch-size 256; l. 42 epochs 100; l. 53 schedule [60, 80]; l. 535-542
+    # (the second adjust_learning_rate, which wins; no --cos): x0.1 per milestone passed, set at each
+    # epoch start; l. 55-58: momentum 0.9, wd 0; torch SGD.
     for epoch in (0, 59, 60, 79, 80, 99):
         expected = 10.0 * 0.1 ** sum(epoch >= m for m in (60, 80))
         for g in optimizer.param_groups:
@@ -314,12 +351,16 @@ def _reference_cfg(*yamls: str) -> CfgNode:
 def _plain(v):
     if isinstance(v, (list, tuple, ListConfig)):  # yacs gives lists, LazyConfig tuples or ListConfigs
         return [_plain(x) for x in v]
+    if isinstance(v, dict):  # e.g. the RPN's {training: topk}
+        return {k: _plain(x) for k, x in v.items()}
     return v
 
 
 def _is_plain(v) -> bool:
     if isinstance(v, (list, tuple, ListConfig)):
         return all(_is_plain(x) for x in v)
+    if isinstance(v, dict):
+        return all(_is_plain(k) and _is_plain(x) for k, x in v.items())
     return isinstance(v, (int, float, str, bool, type(None)))
 
 
@@ -330,10 +371,13 @@ def _description(model: torch.nn.Module) -> dict[str, dict]:
     for name, module in model.named_modules():
         d = {k: _plain(v) for k, v in vars(module).items()
              if not k.startswith("_") and k != "training" and _is_plain(v)}
-        # MoCo's Res5ROIHeadsExtraNorm is Res5ROIHeads with the norm inside res5 (d2ssl: res5_with_extra_norm);
-        # the norm itself is compared as a module of res5.
+        # MoCo's Res5ROIHeadsExtraNorm is Res5ROIHeads with the norm inside res5 (d2ssl:
+        # res5_with_extra_norm); the norm itself is compared as a module of res5.
         d["type"] = type(module).__name__.replace("Res5ROIHeadsExtraNorm", "Res5ROIHeads")
-        d["params"] = [(n, tuple(p.shape), p.requires_grad) for n, p in module.named_parameters(recurse=False)]
+        if isinstance(d.get("loss_weight"), dict):  # fast_rcnn.py losses(): a missing key weighs 1.0
+            d["loss_weight"] = {"loss_cls": 1.0, "loss_box_reg": 1.0, **d["loss_weight"]}
+        params = module.named_parameters(recurse=False)
+        d["params"] = [(n, tuple(p.shape), p.requires_grad) for n, p in params]
         d["buffers"] = [(n, tuple(b.shape)) for n, b in module.named_buffers(recurse=False)]
         out[name] = d
     return out
@@ -389,7 +433,8 @@ def test_detection_config_optimizer_and_schedule_are_the_reference_yamls(name):
     assert cfg.dataloader.train.total_batch_size == ref_cfg.SOLVER.IMS_PER_BATCH
     assert cfg.train.reference_world_size == 0  # IMS_PER_BATCH is already the total over all GPUs
     precise = cfg.train.precise_bn
-    assert (precise.enabled, precise.num_iter) == (ref_cfg.TEST.PRECISE_BN.ENABLED, ref_cfg.TEST.PRECISE_BN.NUM_ITER)
+    reference = ref_cfg.TEST.PRECISE_BN
+    assert (precise.enabled, precise.num_iter) == (reference.ENABLED, reference.NUM_ITER)
 
 
 @pytest.mark.parametrize("name", sorted(DETECTION))

@@ -7,7 +7,7 @@
 from .faster_rcnn_R50_C4_voc07 import dataloader, lr_multiplier, model, optimizer, train  # noqa: F401
 
 dataloader.train.dataset.names = ("voc_2007_trainval", "voc_2012_trainval")
-NORM = "SyncBN"  # "SyncBN seems to cause larger variance for unknown reasons" (MoCo's comment)
+NORM = "naiveSyncBN"  # "SyncBN seems to cause larger variance for unknown reasons" (MoCo's comment)
 model.backbone.stem.norm = NORM
 model.backbone.stages.norm = NORM
 model.roi_heads.res5.blocks.norm = NORM

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import os
 
@@ -63,7 +64,13 @@ def load_or_create_permutations(
 
     A file holding 1-indexed permutations (Noroozi's MATLAB files) is shifted to 0-indexed, as VISSL
     does. The loaded set is checked: every row must be a permutation of ``range(num_tiles)``.
+
+    A set d2ssl generated is saved with ``<path>.json`` beside it (tiles, count, seed, method): it is
+    reused only for the same four values, never because the path matches (a config with another seed
+    or method is refused, naming what differs). A file without that record is one the user supplied
+    (VISSL's ``hamming_perms_2000_patches_9_max_avg.npy``): it is used as given, and the log says so.
     """
+    settings = {"num_tiles": num_tiles, "num_permutations": num_permutations, "seed": seed, "method": method}
     if path and PathManager.exists(path):
         with PathManager.open(path, "rb") as f:
             perms = np.load(f)
@@ -75,16 +82,42 @@ def load_or_create_permutations(
                 f"permutation file {path!r} holds {len(perms)} permutations but num_permutations="
                 f"{num_permutations}; delete the file or set num_permutations={len(perms)}"
             )
+        record = _read_record(path)
+        if record is None:
+            logger.info("using the permutation set %s as given (%d permutations; no record of how it was made)",
+                        path, len(perms))
+        else:
+            differs = {k: (record.get(k), v) for k, v in settings.items() if record.get(k) != v}
+            if differs:
+                raise ValueError(
+                    f"permutation file {path!r} was generated with "
+                    + ", ".join(f"{k}={old!r}" for k, (old, _) in differs.items())
+                    + ", but the config asks for "
+                    + ", ".join(f"{k}={new!r}" for k, (_, new) in differs.items())
+                    + "; point the permutations' path to another file, or delete this one to regenerate it"
+                )
         return perms.astype(np.int64)
     perms = generate_permutations(num_tiles, num_permutations, seed=seed, method=method)
     if path:
         local = PathManager.get_local_path(os.path.dirname(path) or ".")
         os.makedirs(local, exist_ok=True)
+        with PathManager.open(path + ".json.tmp", "w") as f:
+            json.dump(settings, f)
         with PathManager.open(path + ".tmp", "wb") as f:
             np.save(f, perms)
+        # The record first: a kill between the two renames leaves a record without a file (regenerated),
+        # never a generated file without its record (which would be taken as user-supplied).
+        PathManager.mv(path + ".json.tmp", path + ".json")
         PathManager.mv(path + ".tmp", path)
         logger.info("saved %d permutations of %d tiles to %s", len(perms), num_tiles, path)
     return perms
+
+
+def _read_record(path: str) -> dict | None:
+    if not PathManager.exists(path + ".json"):
+        return None
+    with PathManager.open(path + ".json") as f:
+        return json.load(f)
 
 
 def validate_permutations(perms: np.ndarray, num_tiles: int, source: str = "permutation set") -> None:

@@ -47,7 +47,10 @@ def tile_corners(
             f"tile_size={tile_size} does not fit a {grid}x{grid} grid on a {height}x{width} crop "
             f"(cells of {cell} px); use crop_size >= {grid * tile_size} or a smaller tile_size"
         )
-    jitter = torch.randint(0, cell - tile_size + 1, (grid, grid, 2), generator=generator).tolist()
+    # VISSL's ImgPatchesFromTensor (and PIRL's tiles, which use it) draws each offset with
+    # np.random.randint(0, cell - tile): 0..cell-tile-1, so neighbouring tiles never touch (a 255 crop:
+    # offsets 0..20 in 85 px cells). A tile as large as its cell has the one offset 0.
+    jitter = torch.randint(0, max(cell - tile_size, 1), (grid, grid, 2), generator=generator).tolist()
     return [
         (r * cell + jitter[r][c][0], c * cell + jitter[r][c][1]) for r in range(grid) for c in range(grid)
     ]

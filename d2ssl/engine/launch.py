@@ -106,7 +106,7 @@ def check_before_launch(config_file: str, overrides: Sequence[str] = ()) -> Dict
     (``check_data_paths``); ``None`` without a config file. Creates nothing.
 
     Raises:
-        ConfigError: naming the key and the value at fault.
+        ConfigError: (or ``ValueError``) naming the key and the value at fault.
     """
     if not config_file:
         return None
@@ -373,10 +373,12 @@ def _pass_signals_on(processes: Sequence) -> dict:
 
 def _cpu_worker(local_rank, main, world_size, num_local, machine_rank, dist_url, args, timeout) -> None:
     rank = machine_rank * num_local + local_rank
-    # The spawned interpreter read OMP_NUM_THREADS (apply_threads) when torch started; set it again
-    # in case anything imported before changed it.
-    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
-        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    # The spawned interpreter read the thread variables (apply_threads) when torch started; set the
+    # count again in case anything imported before changed it.
+    threads = [os.environ.get(v, "").strip() for v in THREAD_VARIABLES]
+    threads = [int(t) for t in threads if t.isdigit() and int(t) > 0]
+    if threads:
+        torch.set_num_threads(threads[0])
     dist.init_process_group("gloo", init_method=dist_url, world_size=world_size, rank=rank, timeout=timeout)
     comm.create_local_process_group(num_local)
     comm.synchronize()

@@ -847,21 +847,28 @@ def sbatch_scripts(suite: Suite, base_argv: Sequence[str], folder: str, resource
 def submit_suite(suite: Suite, base_argv: Sequence[str], folder: str, resources: Any, num_gpus: int,
                  cluster: str | None = None) -> dict[str, list[str]]:
     """Submits the groups of ``plan_jobs`` in order, each after the job ids of the groups it needs;
-    returns ``{group: [job ids]}``."""
+    returns ``{group: [job ids]}``. Without SLURM (submitit's local executor, which knows no
+    dependencies) each group is submitted once the groups it needs have ended."""
     from d2ssl.engine.slurm import build_executor
 
     ids: dict[str, str] = {}
+    handles_of: dict[str, list[Any]] = {}
     submitted: dict[str, list[str]] = {}
     for group in plan_jobs(suite, num_gpus):
         res = _group_resources(group, resources)
         res = dataclasses.replace(res, extra_sbatch=(*res.extra_sbatch, *_dependency(group, ids)))
         executor = build_executor(folder, res, cluster=cluster)
+        if executor.cluster != "slurm":
+            for needed in group.after:
+                for handle in handles_of[needed]:
+                    handle.wait()
         jobs = _group_jobs(group, base_argv)
         if len(jobs) == 1:
             handles = [executor.submit(jobs[0])]
         else:
             with executor.batch():
                 handles = [executor.submit(job) for job in jobs]
+        handles_of[group.name] = handles
         submitted[group.name] = [h.job_id for h in handles]
         # An array's tasks share the array's id before "_": depending on it waits for every task.
         ids[group.name] = str(handles[0].job_id).split("_")[0]
@@ -936,7 +943,8 @@ def run_benchmark(args: Any) -> int:
                               job_name=f"bench_{suite.name}")
         # Absolute paths: a job may start in another working directory.
         weights = os.path.abspath(args.weights) if os.path.isfile(args.weights) else args.weights
-        base = ["--weights", weights, "--suite", suite.path, "--output-dir", os.path.abspath(output_dir)]
+        base = ["--weights", weights, "--suite", os.path.abspath(suite.path), "--output-dir",
+                os.path.abspath(output_dir)]
         num_gpus = args.num_gpus or args.gpus_per_node
         if args.dry_run:
             sys.stdout.write(sbatch_scripts(suite, base, args.log_folder, resources, num_gpus))

@@ -5,7 +5,7 @@ import torch
 from d2ssl.data.mappers import JigsawMapper
 from d2ssl.data.permutations import generate_permutations
 from d2ssl.data.resize import IMAGENET_MEAN, IMAGENET_STD
-from d2ssl.data.tiles import cut_tiles
+from d2ssl.data.tiles import cut_tiles, tile_corners
 
 
 def _mapper(**kw):
@@ -30,8 +30,20 @@ def test_jittered_tiles_lie_inside_their_cells():
         top_left = int(tile[0, 0, 0])
         y, x = divmod(top_left, 255)
         r, c = divmod(k, 3)
-        assert r * 85 <= y <= r * 85 + 21 and c * 85 <= x <= c * 85 + 21
+        assert r * 85 <= y <= r * 85 + 20 and c * 85 <= x <= c * 85 + 20
         torch.testing.assert_close(tile, image[:, y : y + 64, x : x + 64])
+
+
+def test_tile_offsets_are_drawn_as_vissl_draws_them():
+    # VISSL 09270ed vissl/data/ssl_transforms/img_patches_tensor.py: each tile's offset in its 85 px cell
+    # of a 255 crop is np.random.randint(0, 21) for 64 px tiles, i.e. 0..20: neighbouring tiles never touch.
+    g = torch.Generator().manual_seed(0)
+    offsets = set()
+    for _ in range(200):
+        for k, (top, left) in enumerate(tile_corners(255, 255, 3, 64, g)):
+            r, c = divmod(k, 3)
+            offsets.update((top - r * 85, left - c * 85))
+    assert offsets == set(range(21))
 
 
 def test_shuffled_tiles_undo_to_the_crop(fashion_mnist_small):

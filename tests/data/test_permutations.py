@@ -58,9 +58,18 @@ def test_max_hamming_set_is_farther_apart_than_random_permutations():
 def test_saved_set_is_reloaded_and_one_indexed_files_are_shifted(tmp_path):
     path = str(tmp_path / "perms.npy")
     created = load_or_create_permutations(path, 4, 10, seed=1)
-    np.testing.assert_array_equal(load_or_create_permutations(path, 4, 10), created)
+    np.testing.assert_array_equal(load_or_create_permutations(path, 4, 10, seed=1), created)
     np.save(tmp_path / "matlab.npy", created + 1)
     np.testing.assert_array_equal(load_or_create_permutations(str(tmp_path / "matlab.npy"), 4, 10), created)
+
+
+def test_a_generated_set_is_not_reused_for_another_seed_or_method(tmp_path):
+    path = str(tmp_path / "perms.npy")
+    load_or_create_permutations(path, 4, 10, seed=1)
+    with pytest.raises(ValueError, match=r"perms\.npy.*generated with seed=1.*asks for seed=0"):
+        load_or_create_permutations(path, 4, 10, seed=0)
+    with pytest.raises(ValueError, match=r"method='max_avg'.*method='max_min'"):
+        load_or_create_permutations(path, 4, 10, seed=1, method="max_min")
 
 
 def test_bad_permutation_files_are_rejected_with_the_path(tmp_path):

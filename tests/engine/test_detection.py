@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from detectron2.config import instantiate
-from detectron2.layers import FrozenBatchNorm2d
+from detectron2.layers import FrozenBatchNorm2d, NaiveSyncBatchNorm
 from detectron2.utils.events import EventStorage
 from torch import nn
 
@@ -183,12 +183,14 @@ def test_r50_configs_follow_the_transfer_protocol(name, roi_heads, datasets):
     torch.testing.assert_close(detector.pixel_mean.flatten(), torch.tensor([123.675, 116.28, 103.53]))
     torch.testing.assert_close(detector.pixel_std.flatten(), torch.tensor([58.395, 57.12, 57.375]))
     backbone = detector.backbone.bottom_up if hasattr(detector.backbone, "bottom_up") else detector.backbone
-    # Stride in the 3x3 convolution (torchvision-style, as the SSL trunks), nothing frozen, SyncBN.
+    # Stride in the 3x3 convolution (torchvision-style, as the SSL trunks), nothing frozen, SyncBN
+    # (MoCo's VOC 07+12 C4 yaml: detectron2's "naiveSyncBN", its Base-RCNN-C4-BN.yaml).
     assert backbone.res3[0].conv1.stride == (1, 1) and backbone.res3[0].conv2.stride == (2, 2)
     assert all(p.requires_grad for p in detector.parameters())
+    sync = NaiveSyncBatchNorm if name == "faster_rcnn_R50_C4_voc0712" else nn.SyncBatchNorm
     norm_types = (nn.BatchNorm2d, nn.SyncBatchNorm, FrozenBatchNorm2d)
     norms = [m for m in detector.modules() if isinstance(m, norm_types)]
-    assert norms and all(isinstance(m, nn.SyncBatchNorm) for m in norms)
+    assert norms and all(isinstance(m, sync) for m in norms)
     if roi_heads == "Res5ROIHeads":
-        assert isinstance(detector.roi_heads.res5.norm, nn.SyncBatchNorm)  # MoCo's extra norm after res5
+        assert isinstance(detector.roi_heads.res5.norm, sync)  # MoCo's extra norm after res5
         assert detector.roi_heads.res5[0].conv2.stride == (2, 2)

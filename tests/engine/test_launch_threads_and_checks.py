@@ -94,7 +94,7 @@ def test_missing_data_folder_fails_before_any_process_with_the_key_first_and_no_
     assert not out.exists()
 
 
-def test_a_registered_data_set_whose_folder_is_missing_is_named_before_the_spawn(tmp_path, capsys, monkeypatch):
+def test_a_registered_data_set_whose_folder_is_missing_is_named_before_the_spawn(tmp_path, capsys):
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
     from d2ssl.data.datasets import register_image_folder

@@ -201,8 +201,9 @@ def test_a_tool_that_fails_before_training_unlocks_its_folder_and_a_rerun_may_st
     from d2ssl.engine.train_loop import main
 
     out = tmp_path / "run"
+    (tmp_path / "empty").mkdir()  # a folder that exists passes the launcher's check; listing it fails
     argv = ["--config-file", str(REPO / "configs/tiny/jigsaw.py"), "--num-gpus", "0",
-            f"train.output_dir={out}", f"dataloader.train.dataset=folder:{tmp_path / 'missing'}"]
+            f"train.output_dir={out}", f"dataloader.train.dataset=folder:{tmp_path / 'empty'}"]
     for _ in range(2):  # the second is not refused: the first saved and logged nothing
         with pytest.raises(SystemExit):
             launch_from_command_line(main, argv)

@@ -11,13 +11,17 @@ import datetime
 import decimal
 import fractions
 import hashlib
+import io
 import logging
 import os
 import pickle
+import stat
 
 import numpy as np
 import pytest
 import torch
+from detectron2.utils.file_io import PathManager
+from iopath.common.file_io import PathHandler
 
 from d2ssl.utils.safe_io import (
     CorruptFileError,
@@ -214,3 +218,141 @@ def test_bytes_after_the_last_legacy_storage_are_counted(tmp_path):
     path.write_bytes(path.read_bytes() + b"xyz")
     with pytest.raises(CorruptFileError, match=r"legacy\.pth is damaged: 3 extra bytes follow the last"):
         check_legacy_framing(str(path))
+
+
+def test_bounded_read_without_size_reads_to_the_bound_and_zero_reads_nothing(tmp_path):
+    path = tmp_path / "b.bin"
+    path.write_bytes(bytes(range(10)))
+    with open(path, "rb") as f:
+        f.seek(4)
+        bounded = _Bounded(f, 8)
+        assert bounded.read(0) == b""
+        assert bounded.read() == bytes([4, 5, 6, 7])
+
+
+def test_exactly_three_foreign_classes_are_all_named_with_no_count(tmp_path):
+    objects = {"a": argparse.Namespace(), "b": collections.Counter("ab"), "c": fractions.Fraction(1, 3)}
+    path = _dump(tmp_path / "three.pkl", objects)
+    named = r"argparse\.Namespace, collections\.Counter, fractions\.Fraction in it; loading"
+    with pytest.raises(UnsafeFileError, match=named):
+        load_torch_file(path)
+
+
+def test_exactly_eight_checkpoints_in_a_folder_are_all_named_with_no_count(tmp_path):
+    names = [f"m{i}.pth" for i in range(8)]
+    for n in names:
+        (tmp_path / n).write_bytes(b"")
+    assert not_a_file_message(str(tmp_path)).endswith(f"checkpoint-like files in it: {', '.join(names)}")
+
+
+def test_an_empty_tensor_in_a_legacy_file_is_intact_framing(tmp_path):
+    path = tmp_path / "empty.pth"
+    torch.save({"e": torch.empty(0), "w": torch.ones(2)}, path, _use_new_zipfile_serialization=False)
+    check_legacy_framing(str(path))
+    assert load_torch_file(str(path))["e"].numel() == 0
+
+
+def test_the_data_is_synced_before_the_rename_and_the_folder_after(tmp_path, monkeypatch):
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", stat.S_ISDIR(os.fstat(fd).st_mode)))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace", os.path.basename(dst)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    atomic_write(str(tmp_path / "w.bin"), lambda f: f.write(b"x"))
+    # the file's data (not a folder), then the rename, then the folder holding the new name
+    assert events == [("fsync", False), ("replace", "w.bin"), ("fsync", True)]
+
+
+def test_a_crash_right_after_the_rename_leaves_no_stale_sidecar(tmp_path, monkeypatch):
+    from d2ssl.utils import safe_io
+
+    path = tmp_path / "w.bin"
+    atomic_write(str(path), lambda f: f.write(b"old"), checksum=True)
+    real_replace = safe_io._replace
+
+    def replace_then_die(tmp, target):
+        real_replace(tmp, target)
+        raise KeyboardInterrupt  # killed before the new sidecar is written
+
+    monkeypatch.setattr(safe_io, "_replace", replace_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(str(path), lambda f: f.write(b"new"), checksum=True)
+    # the old sidecar would call the new file damaged: it is gone, the new file loads unverified
+    assert path.read_bytes() == b"new" and not (tmp_path / "w.bin.sha256").exists()
+
+
+def test_a_legacy_file_whose_system_info_omits_byte_order_is_read_as_little_endian(tmp_path):
+    path = tmp_path / "legacy.pth"
+    torch.save({"w": torch.arange(3.0)}, path, _use_new_zipfile_serialization=False)
+    raw = path.read_bytes()
+    assert raw.count(b"little_endian") == 1
+    path.write_bytes(raw.replace(b"little_endian", b"little_endiaX"))  # same length: framing intact
+    check_legacy_framing(str(path))  # torch's own default is little-endian too
+
+
+class _RemoteStore(PathHandler):
+    """An iopath store without local paths or rename-over (as a bucket): ``mv`` refuses an existing
+    target, so a write must remove the old file first. Backed by a dict."""
+
+    PREFIX = "d2ssl-mutation-test://"
+    files: dict[str, bytes] = {}
+
+    def _get_supported_prefixes(self):
+        return [self.PREFIX]
+
+    def _get_local_path(self, path, **kwargs):
+        return "/nonexistent-remote-store/" + path[len(self.PREFIX):]
+
+    def _open(self, path, mode="r", **kwargs):
+        store = self.files
+
+        class _Writer:  # no fileno: nothing local to fsync
+            def __init__(self):
+                self.chunks = []
+
+            def write(self, data):
+                self.chunks.append(data.encode() if isinstance(data, str) else bytes(data))
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                store[path] = b"".join(self.chunks)
+
+        if "w" in mode:
+            return _Writer()
+        data = store[path]
+        return io.BytesIO(data) if "b" in mode else io.StringIO(data.decode())
+
+    def _exists(self, path, **kwargs):
+        return path in self.files
+
+    def _isfile(self, path, **kwargs):
+        return path in self.files
+
+    def _rm(self, path, **kwargs):
+        del self.files[path]
+
+    def _mv(self, src, dst, **kwargs):
+        if dst in self.files:
+            raise OSError(f"{dst} exists")
+        self.files[dst] = self.files.pop(src)
+        return True
+
+
+def test_on_a_store_without_atomic_rename_the_old_file_is_removed_then_the_new_one_moved_in():
+    if _RemoteStore.PREFIX not in PathManager._path_handlers:
+        PathManager.register_handler(_RemoteStore())
+    path = _RemoteStore.PREFIX + "run/w.bin"
+    atomic_write(path, lambda f: f.write(b"one"), checksum=True)
+    atomic_write(path, lambda f: f.write(b"two"), checksum=True)
+    assert _RemoteStore.files == {path: b"two",
+                                  path + ".sha256": f"{hashlib.sha256(b'two').hexdigest()}  w.bin\n".encode()}

@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import torch
 from torchvision import transforms as T
+from torchvision.transforms import functional as TF
 
 from d2ssl.data.color import ColorAugmentation, color_augmentation, torch_rng_from
 from d2ssl.data.image_io import read_rgb_image
@@ -41,11 +42,14 @@ class RotationMapper:
     Gidaris et al.'s code; ``1`` draws one rotation uniformly per image, as VISSL. Between, a random
     subset of distinct rotations.
 
-    Differences from VISSL, both so that the label is exact: VISSL rotates the whole (possibly
-    non-square) image before cropping, which blacks out corners at 90/270 degrees; here the square crop
-    is rotated. And VISSL flips *after* rotating, which turns an image rotated by 90 degrees into a
-    flipped image rotated by 270 under label 90; here the flip, like every augmentation, happens before
-    the rotation (as in Gidaris et al.).
+    ``rotate_before_crop=False`` (default) differs from VISSL so that the label is exact: VISSL
+    rotates the whole (possibly non-square) image before cropping, which blacks out its sides at 90/270
+    degrees (a cue to the label); here the square crop is rotated. And VISSL flips *after* rotating,
+    which turns an image rotated by 90 degrees into a flipped image rotated by 270 under label 90; here
+    the flip, like every augmentation, happens before the rotation (as in Gidaris et al.).
+    ``rotate_before_crop=True`` is VISSL's ``ImgRotatePil`` then crop then ``augmentation``: one
+    rotation drawn per image (needs ``rotations_per_image=1``), torchvision's ``rotate`` of the decoded
+    image (same canvas, black fill), then the random-resized crop of that and the augmentation.
     """
 
     def __init__(
@@ -57,12 +61,19 @@ class RotationMapper:
         pixel_mean: tuple[float, float, float] = IMAGENET_MEAN,
         pixel_std: tuple[float, float, float] = IMAGENET_STD,
         decode_min_side: int | None = None,
+        rotate_before_crop: bool = False,
     ):
+        if rotate_before_crop and rotations_per_image != 1:
+            raise ValueError(
+                f"rotate_before_crop=True (VISSL's ImgRotatePil) draws one rotation per image: set "
+                f"rotations_per_image=1, got {rotations_per_image}"
+            )
         if not 1 <= rotations_per_image <= NUM_ROTATIONS:
             raise ValueError(
                 f"rotations_per_image must be between 1 and {NUM_ROTATIONS}, got {rotations_per_image}"
             )
         self.rotations_per_image = rotations_per_image
+        self.rotate_before_crop = rotate_before_crop
         self.crop_size, self.crop_scale = crop_size, tuple(crop_scale)
         self.decode_min_side = decode_min_side
         self.crop = T.RandomResizedCrop(crop_size, scale=tuple(crop_scale))
@@ -73,6 +84,10 @@ class RotationMapper:
 
     def __call__(self, dataset_dict: dict, generator: torch.Generator) -> dict:
         image = read_rgb_image(dataset_dict, decode_min_side=self.decode_min_side)
+        if self.rotate_before_crop:
+            label = int(torch.randint(NUM_ROTATIONS, (1,), generator=generator))
+            # img_rotate_pil.py: TF.rotate(image, angle) on the PIL image, counter-clockwise, no expand.
+            image = TF.rotate(image, 360.0 * label / NUM_ROTATIONS)
         if isinstance(self.augmentation, ColorAugmentation):
             box = random_resized_crop_box(image.width, image.height, self.crop_scale, generator)
             view = resized_crop(pil_to_uint8_hwc(image), box, self.crop_size)
@@ -82,6 +97,9 @@ class RotationMapper:
             with torch_rng_from(generator):
                 image = self.augmentation(self.crop(image))
             crop = to_normalized_tensor(image, self.pixel_mean, self.pixel_std)
+        if self.rotate_before_crop:
+            return {"images": crop[None], "rotation_labels": torch.tensor([label]),
+                    "image_id": dataset_dict["image_id"]}
         if self.rotations_per_image == NUM_ROTATIONS:
             labels = torch.arange(NUM_ROTATIONS)
         else:
