@@ -3,7 +3,7 @@
 Importing the package registers its meta-architectures and datasets; nothing in detectron2 is patched.
 """
 
-from d2ssl.utils.env import silence_known_warnings
+from d2ssl.utils.quiet import silence_known_warnings
 
 silence_known_warnings()  # before detectron2 is first imported: its import raises one of them
 

@@ -9,7 +9,10 @@
 #      photographs), then COCO evaluation,
 #   4. print the table (tools/report.py).
 # Each phase runs two single-threaded lanes side by side (one per core); a lane's detectron2 output goes
-# to $OUT/logs/. Outputs go to $D2SSL_DEMO_DIR (default: output/demo). A finished step is not redone.
+# to $OUT/logs/, and every 30 s the terminal gets each lane's current step and ETA. Outputs go to
+# $D2SSL_DEMO_DIR (default: output/demo). A finished pretraining or detection run (its model_final.pth) is not
+# redone: delete its folder to train it again. Evaluation always reruns; its features are reused only when
+# weights, data and view match by content (tools/extract_features.py).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
@@ -17,7 +20,6 @@ bash scripts/setup_env.sh
 PY=${D2SSL_VENV:-$ROOT/.venv}/bin/python
 OUT=${D2SSL_DEMO_DIR:-$ROOT/output/demo}
 mkdir -p "$OUT/logs" "$OUT/eval"
-export PYTHONWARNINGS=ignore
 # One intra-op thread per process: the same numbers on every machine size, and no oversubscription
 # (two lanes on two cores; 8 threads on 2 busy cores ran 40x slower).
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} MKL_NUM_THREADS=${MKL_NUM_THREADS:-1}
@@ -33,10 +35,14 @@ step() {  # step NAME DONE_FILE COMMAND...: runs COMMAND unless DONE_FILE exists
 }
 lanes() {  # lanes FUNCTION_A FUNCTION_B: runs both side by side, each logging to $OUT/logs/<function>.log
   local pids=() f failed=0
+  local logs=()
   for f in "$@"; do
     "$f" > "$OUT/logs/$f.log" 2>&1 &
     pids+=($!)
+    logs+=("$OUT/logs/$f.log")
   done
+  ( while sleep 30; do "$PY" -m d2ssl.utils.progress "${logs[@]}"; done ) &
+  local ticker=$!
   for i in "${!pids[@]}"; do
     if ! wait "${pids[$i]}"; then
       f=${*:$((i + 1)):1}
@@ -45,6 +51,7 @@ lanes() {  # lanes FUNCTION_A FUNCTION_B: runs both side by side, each logging t
       failed=1
     fi
   done
+  kill "$ticker" 2>/dev/null; wait "$ticker" 2>/dev/null || true
   for f in "$@"; do grep -h "^== " "$OUT/logs/$f.log" | sed "s/^== /   $f: /"; done
   return $failed
 }
@@ -73,11 +80,13 @@ pretrain_pirl_rotnet() {
 # held out from training, is selected; its test top-1 is reported) and NPID's weighted kNN (k 20).
 evaluate() {  # evaluate NAME IMAGE_SIZE CHECKPOINT ("" = random trunk from train.seed=0)
   local name=$1 size=$2 checkpoint=$3 dir="$OUT/eval/$1"
-  step "evaluating $name (${size} px)" "$dir/linear_grid.json" eval_steps "$dir" "$size" "$checkpoint"
+  echo "== evaluating $name (${size} px)"
+  eval_steps "$dir" "$size" "$checkpoint"
 }
 eval_steps() {
-  local dir=$1 size=$2 checkpoint=$3
-  "$PY" tools/extract_features.py --num-gpus 0 --config-file configs/eval/tiny/extract_features.py \
+  local dir=$1 size=$2 checkpoint=$3 random=()
+  [[ -z $checkpoint ]] && random=(--random-trunk)
+  "$PY" tools/extract_features.py --num-gpus 0 "${random[@]}" --config-file configs/eval/tiny/extract_features.py \
     train.init_checkpoint="$checkpoint" train.seed=0 train.output_dir="$dir" extraction.output_dir="$dir" \
     'extraction.layers=[res4]' dataloader.train.mapper.resize_size="$size" \
     dataloader.train.mapper.crop_size="$size" dataloader.test.mapper.resize_size="$size" \

@@ -21,8 +21,21 @@ DIGITS = "dataloader.train.dataset.names=digits_train"  # 1,348 images
 CONFIGS = sorted(
     p.relative_to(REPO / "configs").as_posix()
     for p in (REPO / "configs").glob("**/*.py")
-    if "common" not in p.parts
+    if "common" not in p.parts and "suites" not in p.parts  # suites list steps, not a training
 )
+SUITES = sorted(p.stem for p in (REPO / "configs/suites").glob("*.py"))
+
+
+@pytest.mark.parametrize("suite", SUITES)
+def test_every_shipped_suite_loads_and_names_configs_that_pass_the_checks(suite):
+    from d2ssl.evaluation.benchmark_suite import load_suite
+
+    steps = load_suite(suite).steps
+    assert steps, f"suite {suite} has no step"
+    for step in steps:
+        if step.config:
+            path = Path(step.config) if Path(step.config).is_absolute() else REPO / step.config
+            setup_config(str(path), list(step.overrides))
 
 
 @pytest.mark.parametrize("config", CONFIGS)

@@ -84,8 +84,8 @@ def load_or_create_permutations(
             )
         record = _read_record(path)
         if record is None:
-            logger.info("using the permutation set %s as given (%d permutations; no record of how it was made)",
-                        path, len(perms))
+            logger.info("using the permutation set %s as given (%d permutations; no record of how it was "
+                        "made)", path, len(perms))
         else:
             differs = {k: (record.get(k), v) for k, v in settings.items() if record.get(k) != v}
             if differs:

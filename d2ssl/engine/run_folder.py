@@ -398,6 +398,13 @@ def _decide(output_dir: str, new_id: str, *, resume: bool, start_over: bool, dig
         return fresh
     run = run_from_folder(output_dir)
     if run is not None:
+        if digest and run.config_digest and digest != run.config_digest:
+            # Not refused: changing max_iter or the number of loader workers on resume is legitimate; but
+            # the numbers of a run whose settings changed midway are not those of either config.
+            notes.append(f"resuming run {run.id} with a config whose digest {digest} differs from the "
+                         f"one it was trained with so far ({run.config_digest}): its later iterations follow "
+                         f"the new settings; start a new run (--start-over or another train.output_dir) to "
+                         f"get the numbers of one config")
         run.config_digest = digest or run.config_digest
         return run
     checkpoints = _checkpoint_files(output_dir)

@@ -338,6 +338,9 @@ def cluster_and_label(
     pca = fit_pca(train_features, dimensionality_reduction, normalize) if dimensionality_reduction else None
     train = preprocess_features(train_features, pca, normalize)
     logger.info("k-means of %s features into %d clusters, %d iterations", train.shape, num_clusters, n_iter)
+    # faiss prints one line per k-means iteration with its objective and time: the progress of the
+    # one step that can take hours (16000 clusters of 1.28M images).
+    clustering_params.setdefault("verbose", comm.is_main_process())
     result = run_kmeans(train, num_clusters, n_iter, seed, use_gpu, **clustering_params)
     sizes = cluster_sizes(result.assignments, num_clusters)
     summary: dict = {

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import tqdm
 from detectron2.utils.file_io import PathManager
 from tabulate import tabulate
 from torch.nn import functional as F
@@ -152,7 +153,7 @@ def train_linear_grid(
 
     generator = torch.Generator().manual_seed(seed)
     start = time.perf_counter()
-    for epoch in range(epochs):
+    for epoch in tqdm.trange(epochs, desc="linear grid epochs", mininterval=5, disable=None):
         step_lr = lr * lr_factor(schedule, epoch, epochs, milestones, gamma)
         for rows in torch.randperm(len(x_train), generator=generator).split(batch_size):
             rows = rows.to(device)

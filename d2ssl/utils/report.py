@@ -35,6 +35,12 @@ def nce_chance(run_dir: str) -> float | None:
     return None if num_negatives is None else 1.0 / (num_negatives + 1)
 
 
+def shown_path(path: str) -> str:
+    """``path`` relative to the working directory when inside it (tables stay narrow), else as given."""
+    relative = os.path.relpath(os.path.abspath(path))
+    return path if relative.startswith("..") else relative
+
+
 def pretraining_rows(demo_dir: str) -> list[list]:
     """One row per run folder of ``demo_dir`` named after a method: metric, first, last, chance."""
     rows = []
@@ -50,7 +56,7 @@ def pretraining_rows(demo_dir: str) -> list[list]:
         if chance is None:
             chance = nce_chance(run)
         rows.append([method, key, f"{first:.3f}", f"{last:.3f}",
-                     "-" if chance is None else f"{chance:.3f}", run])
+                     "-" if chance is None else f"{chance:.3f}", shown_path(run)])
     return rows
 
 
@@ -71,10 +77,10 @@ def detection_rows(demo_dir: str) -> list[list]:
             continue
         final = _final_box_ap(run)
         if final is None:
-            rows.append([name, "-", "-", "-", run])
+            rows.append([name, "-", "-", "-", shown_path(run)])
             continue
         last_iter = [r for r in read_metrics(run) if "bbox/AP" in r][-1]["iteration"]
-        rows.append([name, last_iter, f"{final[0]:.1f}", f"{final[1]:.1f}", run])
+        rows.append([name, last_iter, f"{final[0]:.1f}", f"{final[1]:.1f}", shown_path(run)])
     return rows
 
 

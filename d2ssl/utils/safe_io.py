@@ -85,22 +85,24 @@ def sha256_of(path: str) -> str:
 def atomic_write(path: str, write: Callable[[IO], Any], mode: str = "wb", checksum: bool = False) -> None:
     """Calls ``write(f)`` on a temporary file and renames it to ``path`` once complete and on disk.
 
-    With ``checksum``, ``<path>.sha256`` is written after the rename (and the old one removed before
-    it), so a checksum file always describes the file beside it or is absent.
+    With ``checksum``, ``<path>.sha256`` is written after the rename; any old one is removed before
+    it, with or without ``checksum``, so a checksum file always describes the file beside it or is absent.
     """
     tmp = path + ".tmp"
     try:
         with PathManager.open(tmp, mode) as f:
             write(f)
-            if hasattr(f, "flush") and hasattr(f, "fileno"):
+            if hasattr(f, "flush"):
                 f.flush()
-                os.fsync(f.fileno())  # the data must be on disk before the rename makes it visible
+                try:
+                    os.fsync(f.fileno())  # the data must be on disk before the rename makes it visible
+                except (AttributeError, io.UnsupportedOperation):
+                    pass  # an in-memory buffer of a remote store: nothing local to sync
         digest = sha256_of(tmp) if checksum else None
     except BaseException:
         _remove_quietly(tmp)  # e.g. disk full: free the space, leave no half file
         raise
-    if checksum:
-        _remove_quietly(checksum_path(path))
+    _remove_quietly(checksum_path(path))  # it described the file about to be replaced
     _replace(tmp, path)
     if digest is not None:
         sidecar = checksum_path(path)

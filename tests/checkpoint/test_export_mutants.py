@@ -117,3 +117,12 @@ def test_batch_norm_counters_absent_from_the_source_start_at_zero():
     counters = {k: v for k, v in state_dict.items() if k.endswith("num_batches_tracked")}
     assert len(counters) == 20  # bn1 + 2 per basic block * 8 + 3 downsample BNs
     assert all(v.item() == 0 and v.dtype == torch.long for v in counters.values())
+
+
+def test_a_classifier_of_another_class_count_is_replaced_by_zeros_of_that_count(resnet18_file):
+    state = torch.load(resnet18_file, weights_only=True)  # torchvision's 1000-class fc on 512 features
+    state_dict, _ = to_torchvision(state, num_classes=512)
+    assert state_dict["fc.weight"].shape == (512, 512) and torch.count_nonzero(state_dict["fc.weight"]) == 0
+    kept, _ = to_torchvision(state, num_classes=1000)
+    assert torch.equal(kept["fc.weight"], state["fc.weight"])
+    assert torch.equal(kept["fc.bias"], state["fc.bias"])

@@ -205,3 +205,15 @@ def test_resume_with_another_max_iter_warns_that_the_schedule_stretches(tiny_con
     assert len(stretched) == 1, _warnings(caplog)
     assert "train.max_iter=4" in stretched[0] and "max_iter=2" in stretched[0]
     assert "train.init_checkpoint=" in stretched[0] and "model_final.pth" in stretched[0]
+
+
+def test_resume_with_another_config_warns_that_the_run_mixes_two_configs(tiny_config, caplog):
+    from d2ssl.engine.train_loop import do_train
+
+    do_train(tiny_config("jigsaw", *COMMON, "train.max_iter=2"))
+    do_train(tiny_config("jigsaw", *COMMON, "train.max_iter=2"), resume=True)
+    assert not any("differs from the one it was trained with" in w for w in _warnings(caplog))
+    do_train(tiny_config("jigsaw", *COMMON, "train.max_iter=2", "optimizer.lr=0.5"), resume=True)
+    mixed = [w for w in _warnings(caplog) if "differs from the one it was trained with" in w]
+    assert len(mixed) == 1, _warnings(caplog)
+    assert "--start-over" in mixed[0]

@@ -6,12 +6,19 @@ or numpy, never from the functions under test."""
 
 from __future__ import annotations
 
+import inspect
+import json
+import logging
+import os
+import time
+
 import numpy as np
 import pytest
 
 from d2ssl.evaluation.clustering import (
     WhiteningPCA,
     assign_to_centroids,
+    cluster_and_label,
     cluster_sizes,
     clustering_quality,
     fit_pca,
@@ -136,6 +143,7 @@ def test_size_summary_on_hand_checked_sizes():
         "num_clusters": 4, "min": 0, "max": 4, "median": 2.0, "num_empty": 1, "num_singleton": 1,
         "largest_fraction": 0.5}
     assert size_summary(np.array([0, 0]))["largest_fraction"] == 0.0
+    assert size_summary(np.array([1, 0]))["largest_fraction"] == 1.0  # one image, all in one cluster
 
 
 def test_quality_leaves_out_unlabelled_images_and_counts_purity_by_majority():
@@ -152,3 +160,70 @@ def test_quality_leaves_out_unlabelled_images_and_counts_purity_by_majority():
         clustering_quality(np.zeros(2), np.array([-1, -1]))
     # A label of 0 is a label (kept), only negatives are left out.
     assert clustering_quality(np.array([0, 1]), np.array([0, 0]))["num_labelled"] == 2
+
+
+def test_kmeans_seconds_are_the_time_it_took():
+    before = time.perf_counter()
+    result = run_kmeans(POINTS, 2, n_iter=3)
+    assert 0 <= result.seconds <= time.perf_counter() - before
+
+
+def test_the_summary_lists_every_file_written_and_only_those(tmp_path):
+    outputs = cluster_and_label(POINTS, str(tmp_path), num_clusters=2, n_iter=3, dataset_name="pts",
+                                test_features=POINTS[:2])
+    files = outputs.summary["files"]
+    assert set(files) == {"labels_file", "centroids_file", "distances_file", "summary_file", "plot_file",
+                          "test_labels_file"}
+    assert all(os.path.isfile(path) for path in files.values())
+    assert json.loads((tmp_path / "clustering_summary.json").read_text())["files"] == files
+    # no data set digest given: no labels record beside either labels file
+    assert sorted(os.listdir(tmp_path)) == sorted(os.path.basename(p) for p in files.values())
+
+
+def test_labels_records_are_written_for_the_splits_given_a_digest(tmp_path):
+    outputs = cluster_and_label(POINTS, str(tmp_path), num_clusters=2, n_iter=3, dataset_name="pts",
+                                test_features=POINTS[:2], train_dataset_digest="abc",
+                                test_dataset_digest="def")
+    written = {os.path.basename(p) for p in outputs.summary["files"].values()}
+    extra = sorted(set(os.listdir(tmp_path)) - written)
+    records = [json.loads((tmp_path / name).read_text()) for name in extra]
+    assert sorted((r["dataset_digest"], r["num_images"], r["num_classes"]) for r in records) == [
+        ("abc", 5, 2), ("def", 2, 2)]
+    assert outputs.summary["num_images"] == 5 and outputs.summary["feature_dim"] == 2
+    # Clustering again into the same folder without digests: the old records must not vouch for it.
+    again = cluster_and_label(POINTS, str(tmp_path), num_clusters=2, n_iter=3, dataset_name="pts",
+                              test_features=POINTS[:2])
+    written = sorted(os.path.basename(p) for p in again.summary["files"].values())
+    assert sorted(os.listdir(tmp_path)) == written
+
+
+def test_empty_clusters_are_reported_in_the_log(tmp_path, caplog):
+    same = np.zeros((6, 2), dtype=np.float32)  # six equal points: two of three clusters stay empty
+    with caplog.at_level(logging.WARNING, logger="d2ssl.evaluation.clustering"):
+        outputs = cluster_and_label(same, str(tmp_path / "a"), num_clusters=3, n_iter=2)
+    empty = outputs.summary["sizes"]["num_empty"]
+    assert empty >= 1 and f"{empty} of 3 clusters are empty" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="d2ssl.evaluation.clustering"):
+        cluster_and_label(POINTS, str(tmp_path / "b"), num_clusters=1, n_iter=2)
+    assert "clusters are empty" not in caplog.text
+
+
+def _defaults(function) -> dict:
+    return {k: p.default for k, p in inspect.signature(function).parameters.items()
+            if p.default is not inspect.Parameter.empty}
+
+
+def test_defaults_are_vissl_clusterfit_and_faiss():
+    # VISSL's CLUSTERFIT: NUM_CLUSTERS 16000, N_ITER 50, no PCA, L2 normalisation; 1234 is faiss's seed
+    assert _defaults(run_kmeans) == {"n_iter": 50, "seed": 1234, "use_gpu": None, "verbose": False}
+    assert _defaults(cluster_and_label) == {
+        "num_clusters": 16000, "n_iter": 50, "seed": 1234, "dimensionality_reduction": 0, "normalize": True,
+        "dataset_name": "dataset", "train_labels": None, "test_features": None, "test_labels": None,
+        "use_gpu": None, "train_dataset_digest": None, "test_dataset_digest": None}
+
+
+def test_without_a_test_split_the_summary_names_no_test_labels_file(tmp_path):
+    outputs = cluster_and_label(POINTS, str(tmp_path), num_clusters=2, n_iter=3)
+    assert set(outputs.summary["files"]) == {"labels_file", "centroids_file", "distances_file",
+                                             "summary_file", "plot_file"}

@@ -154,6 +154,7 @@ def test_weights_changed_in_the_trunk_are_extracted_again_and_the_log_says_why(t
     with torch.no_grad():  # only a BatchNorm statistic moves: it changes eval-mode features too
         trunk.stem.conv1.norm.running_mean.add_(0.5)
     new = weights_digest(trunk)
+    caplog.clear()  # earlier tests may have left the logger at INFO: only this call's records
     with caplog.at_level(logging.INFO, logger=features_module.logger.name):
         result = extract_features(trunk, images, MAPPER, str(tmp_path), checkpoint="model_final.pth")
     assert extractions == [1, 1]

@@ -5,6 +5,7 @@ than two of ``sha256_of``'s read chunks, damaged after the first chunk, are refu
 from __future__ import annotations
 
 import hashlib
+import os
 import pickle
 from pathlib import Path
 
@@ -64,3 +65,35 @@ def test_a_byte_flipped_after_the_first_read_chunk_is_refused(tmp_path, kind):
         read_checkpoint(str(path))
     with pytest.raises(CheckpointLoadError, match=damaged):  # train.init_checkpoint
         AtomicCheckpointer(torch.nn.Linear(1, 1)).resume_or_load(str(path), resume=False)
+
+
+def test_a_file_rewritten_without_a_checksum_loses_the_old_one(tmp_path):
+    from d2ssl.utils.safe_io import atomic_write, checksum_path, verify_integrity
+
+    path = str(tmp_path / "weights.pth")
+    atomic_write(path, lambda f: torch.save({"w": torch.zeros(3)}, f), checksum=True)
+    atomic_write(path, lambda f: torch.save({"w": torch.ones(3)}, f))  # e.g. a file converted again
+    assert not os.path.exists(checksum_path(path))
+    verify_integrity(path)  # not refused as damaged by a checksum of the old content
+
+
+def test_an_in_memory_buffer_without_a_file_descriptor_is_written(tmp_path, monkeypatch):
+    import io
+
+    from d2ssl.utils import safe_io
+
+    written = {}
+
+    class Buffer(io.BytesIO):  # what a remote store's handler may return: fileno() raises
+        def close(self):
+            written["bytes"] = self.getvalue()
+            super().close()
+
+    real_open = safe_io.PathManager.open
+    def open_tmp_in_memory(p, mode="r", **kw):
+        return Buffer() if p.endswith(".tmp") else real_open(p, mode, **kw)
+
+    monkeypatch.setattr(safe_io.PathManager, "open", open_tmp_in_memory)
+    monkeypatch.setattr(safe_io, "_replace", lambda tmp, path: None)
+    safe_io.atomic_write(str(tmp_path / "x.bin"), lambda f: f.write(b"abc"))
+    assert written["bytes"] == b"abc"

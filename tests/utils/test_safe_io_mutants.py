@@ -16,6 +16,7 @@ import logging
 import os
 import pickle
 import stat
+import struct
 
 import numpy as np
 import pytest
@@ -27,6 +28,7 @@ from d2ssl.utils.safe_io import (
     CorruptFileError,
     UnsafeFileError,
     _Bounded,
+    _fsync_dir,
     atomic_write,
     check_legacy_framing,
     is_plain_pickle,
@@ -91,6 +93,19 @@ def test_a_plain_pickle_of_arrays_loads_through_load_torch_file(tmp_path):
     np.testing.assert_array_equal(load_weights_file(path)["model"]["w"], [0.0, 1.0, 2.0])
 
 
+def test_pickles_holding_objects_are_refused_by_default_by_every_loader(tmp_path):
+    path = _dump(tmp_path / "args.pkl", {"args": argparse.Namespace(lr=0.1)})
+    for load in (load_pickle_file, load_weights_file, load_torch_file):
+        with pytest.raises(UnsafeFileError, match=r"argparse\.Namespace"):
+            load(path)
+
+
+def test_torch_globals_other_than_storages_are_inert_stand_ins(tmp_path):
+    # torch.Size is a global of module "torch" that is not a storage type: parsed as an inert stand-in
+    path = _handmade_legacy_file(tmp_path / "size.pth", _GOOD_PID, obj={"w": _MARK, "shape": torch.Size([3])})
+    check_legacy_framing(path)
+
+
 def test_data_after_the_first_pickle_is_refused_as_damaged(tmp_path):
     path = tmp_path / "two.pkl"
     path.write_bytes(pickle.dumps({"a": 1}) + pickle.dumps({"b": 2}))
@@ -138,7 +153,9 @@ def test_an_empty_or_wrong_sidecar_is_refused(tmp_path):
     path = tmp_path / "w.pkl"
     atomic_write(str(path), lambda f: pickle.dump({"a": 1}, f), checksum=True)
     (tmp_path / "w.pkl.sha256").write_text("")
-    with pytest.raises(CorruptFileError, match=r"w\.pkl is damaged: its sha256 .* differs"):
+    actual = hashlib.sha256(path.read_bytes()).hexdigest()
+    refusal = rf"w\.pkl is damaged: its sha256 \({actual[:16]}\.\.\.\) differs"
+    with pytest.raises(CorruptFileError, match=refusal):
         verify_integrity(str(path))
     (tmp_path / "w.pkl.sha256").write_text("0" * 64 + "  w.pkl\n")
     with pytest.raises(CorruptFileError, match="differs from the one written beside it"):
@@ -180,10 +197,20 @@ def test_bounded_reads_stop_at_the_size_given(tmp_path):
         assert bounded.read(1) == bytes([6]) and bounded.read(None) == bytes([7])
 
 
-def test_mmap_loading_gives_the_same_tensors(tmp_path):
+def test_mmap_loading_maps_the_local_file_and_gives_the_same_tensors(tmp_path, monkeypatch):
     path = tmp_path / "z.pth"
     torch.save({"w": torch.arange(4.0)}, path)
+    calls = []
+    real_load = torch.load
+
+    def load(source, **kwargs):
+        calls.append((source, kwargs.get("mmap", False), kwargs["weights_only"]))
+        return real_load(source, **kwargs)
+
+    monkeypatch.setattr(torch, "load", load)
     assert load_torch_file(str(path), mmap=True)["w"].tolist() == [0.0, 1.0, 2.0, 3.0]
+    assert load_torch_file(str(path))["w"].tolist() == [0.0, 1.0, 2.0, 3.0]
+    assert calls[0] == (str(path), True, True) and calls[1][1:] == (False, True)
 
 
 def test_a_missing_path_and_folders_are_described(tmp_path):
@@ -314,9 +341,12 @@ class _RemoteStore(PathHandler):
     def _open(self, path, mode="r", **kwargs):
         store = self.files
 
-        class _Writer:  # no fileno: nothing local to fsync
+        class _Writer:  # flush but no fileno: nothing local to fsync
             def __init__(self):
                 self.chunks = []
+
+            def flush(self):
+                pass
 
             def write(self, data):
                 self.chunks.append(data.encode() if isinstance(data, str) else bytes(data))
@@ -356,3 +386,138 @@ def test_on_a_store_without_atomic_rename_the_old_file_is_removed_then_the_new_o
     atomic_write(path, lambda f: f.write(b"two"), checksum=True)
     assert _RemoteStore.files == {path: b"two",
                                   path + ".sha256": f"{hashlib.sha256(b'two').hexdigest()}  w.bin\n".encode()}
+
+
+_MARK = object()
+
+
+def _handmade_legacy_file(
+    path, pid, keys=None, data: bytes = struct.pack("<q", 3) + bytes(12), obj=None
+) -> str:
+    """torch's legacy layout written by hand: magic, protocol, system info, an object whose one tensor
+    storage is the persistent id ``pid``, the storage key list, then each storage (count + bytes)."""
+
+    class _Pickler(pickle.Pickler):
+        def persistent_id(self, obj):
+            return pid if obj is _MARK else None
+
+    with open(path, "wb") as f:
+        for part in (0x1950A86A20F9469CFC6C, 1001, {"protocol_version": 1001, "little_endian": True}):
+            pickle.dump(part, f, protocol=2)
+        _Pickler(f, protocol=2).dump({"w": _MARK} if obj is None else obj)
+        pickle.dump(["0"] if keys is None else keys, f, protocol=2)
+        f.write(data)
+    return str(path)
+
+
+def test_a_handmade_legacy_file_with_a_well_formed_storage_id_passes(tmp_path):
+    pid = ("storage", torch.FloatStorage, "0", "cpu", 3, None)
+    check_legacy_framing(_handmade_legacy_file(tmp_path / "ok.pth", pid))
+
+
+@pytest.mark.parametrize("pid, why", [
+    (["storage", torch.FloatStorage, "0", "cpu", 3, None], "unknown persistent id"),  # a list, not a tuple
+    (("storage", torch.FloatStorage, "0", "cpu", 3), "unknown persistent id"),  # five fields
+    (("storage", "FloatStorage", "0", "cpu", 3, None), "malformed storage id"),  # a name, not the type
+    (("storage", torch.FloatStorage, 0, "cpu", 3, None), "malformed storage id"),  # an int key
+    (("storage", torch.FloatStorage, "0", "cpu", 3.0, None), "malformed storage id"),  # a float count
+    (("storage", torch.FloatStorage, "0", "cpu", -3, None), "malformed storage id"),
+])
+def test_malformed_persistent_ids_are_refused_naming_what_is_wrong(tmp_path, pid, why):
+    path = _handmade_legacy_file(tmp_path / "bad.pth", pid)
+    with pytest.raises(CorruptFileError, match=rf"bad\.pth is damaged: its object pickle .*{why}"):
+        check_legacy_framing(path)
+
+
+_GOOD_PID = ("storage", torch.FloatStorage, "0", "cpu", 3, None)
+
+
+@pytest.mark.parametrize("keys, why", [
+    ([0], "its storage key list is not a list of strings"),
+    (("0",), "its storage key list is not a list of strings"),  # a tuple
+    (["0", "0"], r"its storage key list \(2 keys\) does not match the 1 storages"),
+    (["0", "1"], r"its storage key list \(2 keys\) does not match the 1 storages"),
+])
+def test_a_storage_key_list_other_than_the_tensors_storages_is_refused(tmp_path, keys, why):
+    path = _handmade_legacy_file(tmp_path / "bad.pth", _GOOD_PID, keys=keys)
+    with pytest.raises(CorruptFileError, match=why):
+        check_legacy_framing(path)
+
+
+def test_a_refusal_leaves_the_allowed_numpy_globals_out_of_its_list(tmp_path):
+    # protocol 2 pickles arrays through numpy's dotted _reconstruct, dtype and ndarray: all allowed
+    path = _dump(tmp_path / "mixed.pkl", {"args": argparse.Namespace(), "w": np.zeros(2)}, protocol=2)
+    with pytest.raises(UnsafeFileError, match=r"holds a dict with argparse\.Namespace in it; loading"):
+        load_torch_file(path)
+
+
+def test_a_failed_write_whose_cleanup_also_fails_raises_the_write_error(tmp_path, monkeypatch):
+    def rm_fails(path, **kwargs):
+        raise OSError("read-only")
+
+    monkeypatch.setattr(PathManager, "rm", rm_fails)
+
+    def fails(f):
+        raise ValueError("boom")
+
+    with pytest.raises(ValueError, match="boom"):
+        atomic_write(str(tmp_path / "w.bin"), fails)
+
+
+def test_syncing_a_folder_that_cannot_be_opened_or_synced_is_skipped(tmp_path, monkeypatch):
+    assert _fsync_dir(str(tmp_path / "missing")) is None
+
+    def fsync_fails(fd):
+        raise OSError("not supported")
+
+    monkeypatch.setattr(os, "fsync", fsync_fails)
+    assert _fsync_dir(str(tmp_path)) is None
+
+
+def test_an_unreadable_zip_directory_is_refused_as_damaged(tmp_path):
+    path = tmp_path / "z.pth"
+    torch.save({"w": torch.ones(4)}, path)
+    raw = path.read_bytes()
+    at = raw.index(b"PK\x01\x02")  # the first central directory entry's signature
+    path.write_bytes(raw[:at] + b"XX" + raw[at + 2:])
+    with pytest.raises(CorruptFileError, match=r"z\.pth is damaged: its zip container cannot be read"):
+        verify_integrity(str(path))
+
+
+def test_long_persistent_ids_are_cut_to_80_characters_in_the_message(tmp_path):
+    path = _handmade_legacy_file(tmp_path / "long.pth", ("x" * 100,))
+    with pytest.raises(CorruptFileError, match=r"unknown persistent id \('x{78}\) \(legacy torch\.save"):
+        check_legacy_framing(path)
+    path = _handmade_legacy_file(tmp_path / "long2.pth", ("storage", "x" * 100, "0", "cpu", 3, None))
+    with pytest.raises(CorruptFileError, match=r"malformed storage id \('storage', 'x{67}\) \(legacy"):
+        check_legacy_framing(path)
+
+
+def test_four_foreign_classes_name_three_and_one_more(tmp_path):
+    objects = {"a": argparse.Namespace(), "b": collections.Counter("ab"), "c": fractions.Fraction(1, 3),
+               "d": decimal.Decimal("1.5")}
+    path = _dump(tmp_path / "four.pkl", objects)
+    with pytest.raises(UnsafeFileError, match=r"fractions\.Fraction and 1 more in it"):
+        load_torch_file(path)
+
+
+def test_nine_checkpoints_in_a_folder_name_eight_and_one_more(tmp_path):
+    names = [f"m{i}.pth" for i in range(9)]
+    for n in names:
+        (tmp_path / n).write_bytes(b"")
+    assert not_a_file_message(str(tmp_path)).endswith(f"{', '.join(names[:8])} and 1 more")
+
+
+def test_a_damaged_plain_pickle_is_refused_saying_what_is_certain(tmp_path):
+    whole = pickle.dumps({"args": argparse.Namespace(), "rest": list(range(200))}, protocol=2)  # unframed
+    path = tmp_path / "cut.pkl"
+    path.write_bytes(whole[: len(whole) // 2])  # the foreign global comes first, the end is missing
+    with pytest.raises(UnsafeFileError, match=r"holds a Python object with objects other than arrays in it"):
+        load_torch_file(str(path))
+
+
+def test_a_legacy_file_refusal_names_the_global_from_torchs_message(tmp_path):
+    path = tmp_path / "legacy_args.pth"
+    torch.save({"args": argparse.Namespace(), "w": torch.ones(1)}, path, _use_new_zipfile_serialization=False)
+    with pytest.raises(UnsafeFileError, match=r"beyond tensors and arrays \(argparse\.Namespace\); unpick"):
+        load_torch_file(str(path))
