@@ -20,7 +20,7 @@ import os
 import re
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from detectron2.utils.registry import locate
@@ -368,3 +368,70 @@ def _check_positive_int(value: Any, key: str, config_file: str, or_null: bool = 
     if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
         allowed = "a positive integer or null" if or_null else "a positive integer"
         raise ConfigError(f"{config_file}: {key} must be {allowed}, got {value!r}")
+
+
+def _data_path_arguments() -> dict[Callable, dict[str, str]]:
+    """The data set loaders whose arguments name a file or folder that must exist before training,
+    each argument with what it names (data sets generated on first use, such as
+    ``pasted_detection_set``, are not among them)."""
+    from d2ssl.data import datasets
+
+    return {
+        datasets.load_image_folder: {"root": "image folder"},
+        datasets.load_image_list: {"list_file": "list file", "root": "image root"},
+        datasets.load_tiny_imagenet: {"root": "Tiny ImageNet folder"},
+        datasets.load_places365: {"root": "Places365 folder"},
+        datasets.load_fashion_mnist: {"root": "Fashion-MNIST folder"},
+    }
+
+
+def check_data_paths(cfg: DictConfig) -> None:
+    """Raises ``ConfigError`` for the first data set path under ``cfg.dataloader`` that does not
+    exist: an argument of a loader of ``_data_path_arguments`` (``dataloader.train.dataset.root``),
+    or the ``image_root`` registered for a data set name given to ``get_dataset_dicts``. Lists no
+    folder (listing ImageNet takes minutes); remote paths (``scheme://``) are left to the loader."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    from d2ssl.data.datasets import get_dataset_dicts
+
+    loaders = _data_path_arguments()
+
+    def missing(path: Any) -> bool:
+        return isinstance(path, str) and bool(path) and "://" not in path and not os.path.exists(path)
+
+    def fail(key: str, value: Any, what: str) -> None:
+        raise ConfigError(
+            f"{key}={value!r}: {what} does not exist (relative paths are from {os.getcwd()}); "
+            f"fix the path or override {key}=..."
+        )
+
+    def walk(node: Any, key: str) -> None:
+        if isinstance(node, DictConfig):
+            if "_target_" in node:
+                try:
+                    target, _ = resolve_target(node)
+                except Exception:  # setup_config already reported unimportable targets
+                    target = None
+                for name, what in loaders.get(target, {}).items():
+                    value = node.get(name)
+                    if missing(value):
+                        fail(f"{key}.{name}", value, f"{what} {value!r}")
+                if target is get_dataset_dicts:
+                    names = node.get("names")
+                    for name in [names] if isinstance(names, str) else list(names or []):
+                        if not isinstance(name, str) or name not in DatasetCatalog:
+                            continue  # registered later, or an unknown name the loader reports
+                        root = MetadataCatalog.get(name).get("image_root", None)
+                        if missing(root):
+                            fail(f"{key}.names", names, f"the image folder {root!r} of data set {name!r}")
+            for child in list(node.keys()):
+                try:
+                    value = node[child]
+                except Exception:  # a missing (???) or unresolvable value: not a path to check
+                    continue
+                walk(value, f"{key}.{child}")
+        elif isinstance(node, ListConfig):
+            for i, value in enumerate(node):
+                walk(value, f"{key}[{i}]")
+
+    walk(cfg.get("dataloader"), "dataloader")

@@ -12,17 +12,15 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from detectron2.config import LazyConfig
-from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.engine import default_argument_parser, launch
 from detectron2.engine.launch import DEFAULT_TIMEOUT, _find_free_port
 from detectron2.utils import comm
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from torch.multiprocessing.spawn import ProcessException
 
 from d2ssl.engine.preemption import stop_signals
@@ -110,77 +108,12 @@ def check_before_launch(config_file: str, overrides: Sequence[str] = ()) -> Dict
     """
     if not config_file:
         return None
+    from d2ssl.config import check_data_paths
     from d2ssl.engine.train_loop import setup_config  # train_loop is heavy; tools without a config skip it
 
     cfg = setup_config(config_file, list(overrides))
     check_data_paths(cfg)
     return cfg
-
-
-def _data_path_arguments() -> dict[Callable, dict[str, str]]:
-    """The data set loaders whose arguments name a file or folder that must exist before training,
-    each argument with what it names (data sets generated on first use, such as
-    ``pasted_detection_set``, are not among them)."""
-    from d2ssl.data import datasets
-
-    return {
-        datasets.load_image_folder: {"root": "image folder"},
-        datasets.load_image_list: {"list_file": "list file", "root": "image root"},
-        datasets.load_tiny_imagenet: {"root": "Tiny ImageNet folder"},
-        datasets.load_places365: {"root": "Places365 folder"},
-        datasets.load_fashion_mnist: {"root": "Fashion-MNIST folder"},
-    }
-
-
-def check_data_paths(cfg: DictConfig) -> None:
-    """Raises ``ConfigError`` for the first data set path under ``cfg.dataloader`` that does not
-    exist: an argument of a loader of ``_data_path_arguments`` (``dataloader.train.dataset.root``),
-    or the ``image_root`` registered for a data set name given to ``get_dataset_dicts``. Lists no
-    folder (listing ImageNet takes minutes); remote paths (``scheme://``) are left to the loader."""
-    from d2ssl.config import ConfigError, resolve_target
-    from d2ssl.data.datasets import get_dataset_dicts
-
-    loaders = _data_path_arguments()
-
-    def missing(path: Any) -> bool:
-        return isinstance(path, str) and bool(path) and "://" not in path and not os.path.exists(path)
-
-    def fail(key: str, value: Any, what: str) -> None:
-        raise ConfigError(
-            f"{key}={value!r}: {what} does not exist (relative paths are from {os.getcwd()}); "
-            f"fix the path or override {key}=..."
-        )
-
-    def walk(node: Any, key: str) -> None:
-        if isinstance(node, DictConfig):
-            if "_target_" in node:
-                try:
-                    target, _ = resolve_target(node)
-                except Exception:  # setup_config already reported unimportable targets
-                    target = None
-                for name, what in loaders.get(target, {}).items():
-                    value = node.get(name)
-                    if missing(value):
-                        fail(f"{key}.{name}", value, f"{what} {value!r}")
-                if target is get_dataset_dicts:
-                    names = node.get("names")
-                    for name in [names] if isinstance(names, str) else list(names or []):
-                        if not isinstance(name, str) or name not in DatasetCatalog:
-                            continue  # registered later, or an unknown name the loader reports
-                        root = MetadataCatalog.get(name).get("image_root", None)
-                        if missing(root):
-                            fail(f"{key}.names", names, f"the image folder {root!r} of data set {name!r}")
-            for child in list(node.keys()):
-                try:
-                    value = node[child]
-                except Exception:  # a missing (???) or unresolvable value: not a path to check
-                    continue
-                walk(value, f"{key}.{child}")
-        elif isinstance(node, ListConfig):
-            for i, value in enumerate(node):
-                walk(value, f"{key}[{i}]")
-
-    walk(cfg.get("dataloader"), "dataloader")
 
 
 def loader_workers(cfg: DictConfig | None) -> int:
