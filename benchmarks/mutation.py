@@ -91,6 +91,55 @@ DEFAULT_MAP: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
         ("tests/evaluation/test_linear_grid.py", "tests/evaluation/test_linear_grid_mutants.py"),
         (),
     ),
+    # Checkpoint loading: which keys of which file become which weights of the trunk.
+    "d2ssl/checkpoint/layouts.py": (
+        ("tests/checkpoint/test_layouts_mutants.py", "tests/checkpoint/test_layouts.py"),
+        ("torchvision_to_detectron2_key", "detectron2_to_torchvision_key", "is_detectron2_trunk_key",
+         "_candidates", "_choose", "find_trunk", "_detectron2_rename"),
+    ),
+    "d2ssl/checkpoint/load.py": (
+        ("tests/checkpoint/test_load_mutants.py", "tests/checkpoint/test_load.py"),
+        ("_is_state_dict", "unwrap_state_dict", "read_state_dict", "model_trunk_prefix",
+         "load_pretrained_weights", "resnet_location", "load_weights_init", "check_one_trunk_source"),
+    ),
+    # Resume state: which run a folder holds, which checkpoints are its own, the lock (the two tests that
+    # train in subprocesses take half a minute: the fast ones only).
+    "d2ssl/engine/run_folder.py": (
+        ("tests/engine/test_run_folder_mutants.py",
+         "tests/engine/test_run_folder.py::test_a_fresh_run_into_a_folder_holding_a_run_is_refused_in_one_line",
+         "tests/engine/test_run_folder.py::test_the_tool_refuses_before_writing_config_yaml_into_the_folder",
+         "tests/engine/test_run_folder.py::test_a_second_run_on_a_locked_folder_fails_at_once_naming_the_holder",
+         "tests/engine/test_run_folder.py::test_a_stale_lock_is_taken_over_and_named_in_the_log",
+         "tests/engine/test_run_folder.py::test_the_lock_is_released_when_training_raises",
+         "tests/engine/test_run_folder.py::test_max_to_keep_deletes_only_this_runs_checkpoints",
+         "tests/engine/test_run_folder.py::test_a_run_that_saved_and_logged_nothing_does_not_block_the_folder",
+         "tests/engine/test_run_folder.py::"
+         "test_a_tool_that_fails_before_training_unlocks_its_folder_and_a_rerun_may_start"),
+        ("Run", "checkpoint_identity", "read_run_file", "run_from_folder", "_checkpoint_files", "_run_files",
+         "_last_checkpoint_name", "move_run_aside", "_read_lock", "_alive_here", "acquire_lock",
+         "release_lock", "claim_run_folder", "_claim_on_main", "_decide"),
+    ),
+    # The views' random draws (the mapper tests on real photos take minutes: only the fast ones).
+    "d2ssl/data/tiles.py": (("tests/data/test_draws_mutants.py",), ()),
+    "d2ssl/data/permutations.py": (
+        ("tests/data/test_draws_mutants.py", "tests/data/test_permutations.py"),
+        (),
+    ),
+    "d2ssl/data/resize.py": (("tests/data/test_draws_mutants.py",), ("random_resized_crop_box",)),
+    "d2ssl/data/mappers/rotation.py": (
+        ("tests/data/test_draws_mutants.py",
+         "tests/data/test_rotation.py::test_quarter_turn_is_counter_clockwise_and_exact",
+         "tests/data/test_rotation.py::test_rejects_more_rotations_than_exist"),
+        ("rotate", "RotationMapper.__call__"),
+    ),
+    "d2ssl/evaluation/features.py": (
+        # The reuse key: what decides that cached features are the ones asked for.
+        ("tests/evaluation/test_features_mutants.py",
+         "tests/evaluation/test_feature_reuse_by_content.py::test_digests_see_every_field_and_the_order"),
+        ("_record", "_feed_array", "_feed_value", "_feed_tensor", "array_digest", "weights_digest",
+         "dataset_digest", "_unidentified", "_code_digest", "_describe", "view_description", "_changes",
+         "_reusable"),
+    ),
 }
 
 # cosmic-ray offers every operator -> every other operator (12 mutants per '+'); one or two plausible
@@ -240,6 +289,35 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
     ("d2ssl/utils/safe_io.py", "READ_CHUNK = 1 << 20  # bytes sha256_of reads at a time",
      "READ_CHUNK = 1 << 21  # bytes sha256_of reads at a time"):
         "the read size of the hash: sha256 over the same bytes in other chunks is the same digest",
+    ("d2ssl/data/resize.py", "if in_ratio < min(ratio):", "if in_ratio <= min(ratio):"):
+        "at width / height == min(ratio) the clamped height is round(width / (width / height)) = height: "
+        "the whole image, as the else branch gives",
+    ("d2ssl/data/resize.py", "elif in_ratio > max(ratio):", "elif in_ratio >= max(ratio):"):
+        "at width / height == max(ratio) the clamped width is round(height * width / height) = width: "
+        "the whole image, as the else branch gives",
+    ("d2ssl/data/permutations.py", "total = int(np.prod(np.arange(1, num_tiles + 1)))",
+     "total = int(np.prod(np.arange( 2, num_tiles + 1)))"):
+        "n! without its factor 1: the same product (and 1 for n < 2 either way, an empty product)",
+    ("d2ssl/data/permutations.py", "j = int(np.argmax(np.where(available, score, -1)))",
+     "j = int(np.argmax(np.where(available, score, +1)))"):
+        "the score given to chosen permutations only has to lose to every available one, whose score is "
+        "at least 2 (two distinct permutations differ in two positions or more): -1 and +1 both lose",
+    ("d2ssl/data/permutations.py", "j = int(np.argmax(np.where(available, score, -1)))",
+     "j = int(np.argmax(np.where(available, score, - 2)))"):
+        "the score given to chosen permutations only has to lose to every available one (scores >= 2)",
+    ("d2ssl/checkpoint/load.py",
+     "return isinstance(node, Mapping) and len(node) > 0 and all(_is_tensor_like(v) for v in node.values())",
+     "return isinstance(node, Mapping) and len(node) >= 0 "
+     "and all(_is_tensor_like(v) for v in node.values())"):
+        "an empty mapping ends the descent either way: counted as a state dict the loop stops, not counted "
+        "it has no wrapper key to descend into and breaks; both then report 'no tensors' at the same place",
+    ("d2ssl/engine/run_folder.py", "if comm.get_world_size() > 1:", "if comm.get_world_size() >= 1:"):
+        "in a world of one, detectron2's comm.all_gather returns [outcome] without communicating: the same "
+        "outcome (world sizes above one: test_rank_zero_decides_and_tells_the_other_ranks)",
+    ("d2ssl/engine/run_folder.py", "data = load_torch_file(path, allow_pickle, mmap=True)",
+     "data = load_torch_file(path, allow_pickle, mmap=False)"):
+        "reads the tensors instead of mapping them: the same run id, iteration and keys, only slower on a "
+        "large checkpoint",
 }
 
 
