@@ -19,6 +19,7 @@ from d2ssl.evaluation.linear_grid import (
     DEFAULT_LRS,
     DEFAULT_WEIGHT_DECAYS,
     SCHEDULES,
+    add_selection_arguments,
     format_grid_table,
     format_selection,
     linear_grid_on_cached_features,
@@ -33,12 +34,7 @@ if __name__ == "__main__":
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--features-dir", required=True)
     parser.add_argument("--train-split", default="train")
-    parser.add_argument("--test-split", default="test", help="the reported split (never selected on)")
-    parser.add_argument("--val-split", default=None,
-                        help="an extracted split to select on (default: hold out --val-fraction of train)")
-    parser.add_argument("--val-fraction", type=float, default=0.1,
-                        help="fraction of every class of the training features held out for selection")
-    parser.add_argument("--val-seed", type=int, default=0, help="seed of the held-out rows")
+    add_selection_arguments(parser)
     parser.add_argument("--layer", default="res5")
     parser.add_argument("--output-dir", default=None)
     parser.add_argument("--lr", type=float, nargs="+", default=list(DEFAULT_LRS))

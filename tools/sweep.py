@@ -25,6 +25,7 @@ Writes trials.csv, trials.json (selected_on, scored_on, the selected trial) and 
 
 import argparse
 
+from d2ssl.evaluation.linear_grid import add_selection_arguments
 from d2ssl.evaluation.sweep import (
     SAMPLERS,
     TRACKERS,
@@ -50,12 +51,7 @@ if __name__ == "__main__":
     parser.add_argument("--study-name", default="sweep")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tracker", choices=TRACKERS, default=None, help="also log trials there (off)")
-    parser.add_argument("--test-split", default="test", help="fast path: the reported split (never selected)")
-    parser.add_argument("--val-split", default=None,
-                        help="fast path: an extracted split to select on (default: hold out --val-fraction)")
-    parser.add_argument("--val-fraction", type=float, default=0.1,
-                        help="fraction of every training class held out to compare trials on")
-    parser.add_argument("--val-seed", type=int, default=0, help="fast path: seed of the held-out rows")
+    add_selection_arguments(parser, scope="fast path: ")
     parser.add_argument("--layer", default="res5", help="fast path")
     parser.add_argument("--epochs", type=int, default=100, help="fast path, unless swept")
     parser.add_argument("--batch-size", type=int, default=256, help="fast path, unless swept")

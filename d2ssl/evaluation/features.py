@@ -617,10 +617,15 @@ def load_features(output_dir: str, split: str, layers: Sequence[str] = ("res5",)
     return FeatureSet(features, labels, np.load(paths["indices"]))
 
 
+def meta_path(output_dir: str, split: str) -> str:
+    """The meta file of ``split``'s extraction in ``output_dir``: its reuse key, dims and checkpoint."""
+    return _paths(output_dir, split)["meta"]
+
+
 def extracted_dataset_digest(output_dir: str, split: str) -> str | None:
     """The ``dataset_digest`` of the images a finished extraction of ``split`` holds features of (its
     meta file), or None where the meta file predates the digest."""
-    with PathManager.open(_paths(output_dir, split)["meta"]) as f:
+    with PathManager.open(meta_path(output_dir, split)) as f:
         return json.load(f).get("dataset_digest")
 
 

@@ -23,6 +23,7 @@ retrained on train + val: its reported test top-1 is that of the very classifier
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import json
 import logging
@@ -241,6 +242,18 @@ class SelectionSplits:
     val: FeatureSet
     test: FeatureSet
     selection: dict
+
+
+def add_selection_arguments(parser: argparse.ArgumentParser, scope: str = "") -> None:
+    """The command-line options of ``selection_splits`` (tools/linear_grid.py, tools/sweep.py):
+    ``--test-split``, ``--val-split``, ``--val-fraction``, ``--val-seed``. ``scope`` prefixes the help
+    of the options that apply to cached features only (the sweep's fast path)."""
+    parser.add_argument("--test-split", default="test", help=f"{scope}the reported split (never selected on)")
+    parser.add_argument("--val-split", default=None,
+                        help=f"{scope}an extracted split to select on (default: hold out --val-fraction)")
+    parser.add_argument("--val-fraction", type=float, default=0.1,
+                        help="fraction of every class of the training data held out for selection")
+    parser.add_argument("--val-seed", type=int, default=0, help=f"{scope}seed of the held-out rows")
 
 
 def selection_splits(

@@ -53,7 +53,7 @@ from optuna.trial import TrialState
 
 from d2ssl.checkpoint.zoo import is_zoo_name, local_zoo_file
 from d2ssl.engine.train_loop import setup_config
-from d2ssl.evaluation.features import _paths as feature_paths
+from d2ssl.evaluation.features import meta_path
 from d2ssl.evaluation.linear import do_linear_benchmark, validation_source
 from d2ssl.evaluation.linear_grid import selection_splits, train_linear_grid
 from d2ssl.evaluation.plots import plot_sweep
@@ -366,7 +366,7 @@ def cached_features_objective(
     used = [train_split, test_split, *([val_split] if val_split else [])]
     identity = {
         "kind": "cached_features",
-        "meta_sha256": {split: file_sha256(feature_paths(features_dir, split)["meta"]) for split in used},
+        "meta_sha256": {split: file_sha256(meta_path(features_dir, split)) for split in used},
         "layer": layer, "epochs": epochs, "batch_size": batch_size, "schedule": schedule,
         "standardize": standardize, "seed": seed, "validation": splits.selection["selected_on"],
     }
