@@ -11,20 +11,23 @@
 TRAIN, TEST = 600, 300
 LIMITS = [f"dataloader.train.dataset.limit={TRAIN}", f"dataloader.test.dataset.limit={TEST}"]
 
+# Every layer, as VISSL judges Jigsaw and RotNet trunks (a pretext specialises the last block).
+LAYERS = ["conv1", "res2", "res3", "res4", "res5"]
+
 steps = dict(
     features=dict(
         kind="extract_features", config="configs/eval/tiny/extract_features.py",
-        overrides=[*LIMITS, "extraction.batch_size=100"],
-        description="res5 features of both splits, once",
+        overrides=[*LIMITS, "extraction.batch_size=100", f"extraction.layers=[{','.join(LAYERS)}]"],
+        description="global-average features of every layer, both splits, once",
     ),
     knn=dict(
-        kind="knn", features="features", params=dict(k=[5, 10, 20, 50]),
-        description="weighted kNN (T 0.07, cosine) at several k",
+        kind="knn", features="features", params=dict(k=[5, 10, 20, 50], layers=LAYERS),
+        description="weighted kNN (T 0.07, cosine) at several k, every layer",
     ),
     linear_grid=dict(
         kind="linear_grid", features="features",
-        params=dict(lrs=[0.01, 0.1], weight_decays=[0.0, 1e-4], epochs=10, batch_size=64),
-        description="fast linear grid on the features, cell selected on 10% of train held out",
+        params=dict(lrs=[0.01, 0.1], weight_decays=[0.0, 1e-4], epochs=10, batch_size=64, layers=LAYERS),
+        description="fast linear grid on each layer's features, cell selected on 10% of train held out",
     ),
     tsne=dict(
         kind="tsne", features="features", params=dict(max_points=100),

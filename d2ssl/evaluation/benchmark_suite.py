@@ -13,14 +13,23 @@ run in order::
 ``kind``: ``extract_features``, ``train_linear``, ``train_detection`` (the tools of the same names, run
 with ``config`` + ``overrides`` + the weights + ``train.output_dir=<step folder>``, through
 ``launch_processes`` as the tools do) or ``knn``, ``linear_grid``, ``tsne`` (library calls on the
-features the step named by ``features`` extracted; ``params`` are their keyword arguments). Optional:
-``num_gpus`` (default: the command's ``--num-gpus``) and ``description``.
+features the step named by ``features`` extracted; ``params`` are their keyword arguments; ``knn`` and
+``linear_grid`` also take ``layers=[...]``: one run per layer, metrics named ``<layer>/<metric>``).
+Optional: ``num_gpus`` (default: the command's ``--num-gpus``) and ``description``.
+
+Evaluation seeds (``with_eval_seeds``, ``tools/benchmark.py --eval-seeds 0 1 2``): every step that draws
+at random given its features or trunk (``linear_grid``: head initialisation, batch order and the
+held-out validation rows; ``train_linear``, ``train_detection``: ``train.seed``) runs once per seed, as
+step ``<name>_seed<S>``; the features, kNN and t-SNE run once. A ``random:N`` trunk is drawn from N
+whatever the evaluation seed; a training step, which draws its random trunk and its head from one
+``train.seed``, cannot separate them and fails with a message (evaluate ``random`` there).
 
 ``run_suite`` writes ``<output_dir>/<step>/step.json`` for each step: ``status`` (running, done,
 failed, blocked), ``key`` and the step's ``metrics``. The key is what decides reuse, never a path:
 
 - ``weights_sha256``: sha256 of the weights file (``zoo:<name>``: of its verified local copy;
-  ``random``: a random trunk, seeded by the config's ``train.seed``),
+  ``random``: a random trunk, seeded by the config's ``train.seed``; ``random:N``: a random trunk
+  initialised from seed N, ``train.seed=N`` in the steps that extract features),
 - ``config_digest``: the step's resolved config after overrides (``d2ssl.engine.run_folder.config_digest``)
   with its output folders and weights path blanked, or for a features step its kind and params,
 - ``dataset_digest``: ``d2ssl.evaluation.features.dataset_digest`` of every data set the config
@@ -58,6 +67,7 @@ import os
 import re
 import shlex
 import shutil
+import statistics
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -87,6 +97,8 @@ STEP_FILE, SUITE_FILE = "step.json", "suite.json"
 RESULTS_JSON, RESULTS_MD = "results.json", "results.md"
 PREVIOUS_STEPS = "previous_steps"
 RANDOM_WEIGHTS = "random"
+_SEEDED_RANDOM = re.compile(r"random:(\d+)")
+SEEDED_KINDS = ("linear_grid", "train_linear", "train_detection")
 KEY_FIELDS = ("weights_sha256", "config_digest", "dataset_digest", "code")
 # Keys that hold where a step writes or which file it loads: the weights count by content instead.
 _PATH_KEYS = ("train.output_dir", "extraction.output_dir", "train.weights_init.PARAMS_FILE",
@@ -111,6 +123,7 @@ class Step:
     params: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     num_gpus: int | None = None
     description: str = ""
+    eval_seed: int | None = None
 
     @property
     def after(self) -> tuple[str, ...]:
@@ -205,6 +218,29 @@ def load_suite(suite: str) -> Suite:
     return Suite(name=path.stem, path=str(path), steps=tuple(steps))
 
 
+def with_eval_seeds(suite: Suite, seeds: Sequence[int]) -> Suite:
+    """``suite`` with every step of ``SEEDED_KINDS`` replaced by one step per evaluation seed S, named
+    ``<name>_seed<S>`` (``linear_grid``: ``seed`` and ``val_seed`` S unless its params set them; the
+    training kinds: ``train.seed=S``); no seeds: ``suite`` unchanged."""
+    if not seeds:
+        return suite
+    if len(set(seeds)) != len(seeds):
+        raise BenchmarkError(f"--eval-seeds {list(seeds)}: a seed is given twice")
+    steps: list[Step] = []
+    for step in suite.steps:
+        if step.kind not in SEEDED_KINDS:
+            steps.append(step)
+            continue
+        for seed in seeds:
+            seed = int(seed)
+            if step.kind == "linear_grid":
+                changes: dict[str, Any] = {"params": {"seed": seed, "val_seed": seed, **step.params}}
+            else:
+                changes = {"overrides": (*step.overrides, f"train.seed={seed}")}
+            steps.append(dataclasses.replace(step, name=f"{step.name}_seed{seed}", eval_seed=seed, **changes))
+    return dataclasses.replace(suite, steps=tuple(steps))
+
+
 # ---------------------------------------------------------------- identities
 
 def weights_identity(weights: str) -> dict[str, str]:
@@ -212,10 +248,12 @@ def weights_identity(weights: str) -> dict[str, str]:
     verified local copy; ``random``: the literal ``random``)."""
     if weights in ("", RANDOM_WEIGHTS):
         return {"weights": RANDOM_WEIGHTS, "weights_sha256": RANDOM_WEIGHTS}
+    if _SEEDED_RANDOM.fullmatch(weights):
+        return {"weights": weights, "weights_sha256": weights}
     path = local_zoo_file(weights) if is_zoo_name(weights) else weights
     if not os.path.isfile(path):
-        raise BenchmarkError(f"--weights {weights!r}: no such file (give a checkpoint, zoo:<name> or "
-                             f"'{RANDOM_WEIGHTS}')")
+        raise BenchmarkError(f"--weights {weights!r}: no such file (give a checkpoint, zoo:<name>, "
+                             f"'{RANDOM_WEIGHTS}' or '{RANDOM_WEIGHTS}:<seed>')")
     return {"weights": weights, "weights_sha256": sha256_of(path)}
 
 
@@ -223,22 +261,32 @@ def _sha(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _weights_overrides(cfg: DictConfig, weights: str) -> list[str]:
+def _weights_overrides(cfg: DictConfig, weights: str, step: Step) -> list[str]:
     """Where the config takes its weights: ``train.weights_init.PARAMS_FILE`` (evaluation configs) or
     ``train.init_checkpoint`` (detection configs, which have no weights_init); the other is emptied
-    (both set is refused by every tool)."""
-    path = "" if weights == RANDOM_WEIGHTS else weights
+    (both set is refused by every tool). ``random:N``: no file, ``train.seed=N``."""
+    seeded = _SEEDED_RANDOM.fullmatch(weights)
+    path = "" if weights == RANDOM_WEIGHTS or seeded else weights
+    out = [f"train.init_checkpoint={path}"]
     if OmegaConf.select(cfg, "train.weights_init") is not None:
-        return [f"train.weights_init.PARAMS_FILE={path}", "train.init_checkpoint="]
-    return [f"train.init_checkpoint={path}"]
+        out = [f"train.weights_init.PARAMS_FILE={path}", "train.init_checkpoint="]
+    if seeded:
+        if step.eval_seed is not None and step.kind != "extract_features":
+            raise BenchmarkError(
+                f"step {step.name}: --weights {weights} with an evaluation seed: a {step.kind} step draws "
+                f"its random trunk and its head from one train.seed; evaluate --weights {RANDOM_WEIGHTS} "
+                f"there")
+        out.append(f"train.seed={seeded.group(1)}")
+    return out
 
 
 def step_overrides(step: Step, weights: str, folder: str) -> list[str]:
-    """The overrides a config step runs with: the suite's, then the weights and the step folder."""
+    """The overrides a config step runs with: the suite's (with its evaluation seed), then the weights
+    and the step folder."""
     from d2ssl.engine.train_loop import setup_config
 
     cfg = setup_config(step.config, list(step.overrides))
-    out = [*step.overrides, *_weights_overrides(cfg, weights), f"train.output_dir={folder}"]
+    out = [*step.overrides, *_weights_overrides(cfg, weights, step), f"train.output_dir={folder}"]
     if step.kind == "extract_features":
         out.append(f"extraction.output_dir={folder}")
     return out
@@ -419,6 +467,17 @@ def linear_summary_metrics(summary: Mapping[str, Any]) -> list[dict]:
 def _run_features_step(step: Step, features_dir: str, folder: str) -> dict:
     params = dict(step.params)
     os.makedirs(folder, exist_ok=True)
+    layers = params.pop("layers", None)
+    if layers is not None:  # one run per layer, each in its own sub-folder, metrics prefixed by the layer
+        if "layer" in params:
+            raise BenchmarkError(f"step {step.name}: params give both layer and layers")
+        metrics, info = [], {}
+        for layer in layers:
+            one = dataclasses.replace(step, params={**params, "layer": layer})
+            outcome = _run_features_step(one, features_dir, os.path.join(folder, layer))
+            metrics += [{**m, "metric": f"{layer}/{m['metric']}"} for m in outcome["metrics"]]
+            info[layer] = outcome["info"]
+        return {"metrics": metrics, "info": info}
     if step.kind == "knn":
         from d2ssl.evaluation.knn import knn_on_cached_features
 
@@ -559,10 +618,11 @@ def claim_output_dir(output_dir: str, suite: Suite, weights: Mapping[str, str]) 
 
 
 def run_suite(weights: str, suite: str | Suite, output_dir: str, num_gpus: int = 0,
-              only: Sequence[str] = ()) -> dict:
+              only: Sequence[str] = (), eval_seeds: Sequence[int] = ()) -> dict:
     """Runs (or skips, see the module docstring) every step of ``suite`` for ``weights`` in order, or
-    only the steps named in ``only``, then writes the tables; returns ``write_results``' report."""
-    suite = load_suite(suite) if isinstance(suite, str) else suite
+    only the steps named in ``only``, then writes the tables; returns ``write_results``' report.
+    ``eval_seeds``: see ``with_eval_seeds``."""
+    suite = with_eval_seeds(load_suite(suite) if isinstance(suite, str) else suite, eval_seeds)
     for name in only:
         suite.step(name)
     identity = weights_identity(weights)
@@ -596,12 +656,24 @@ def collect_results(output_dir: str, suite: Suite, records: Mapping[str, dict] |
         config = {"config": record.get("config"), "overrides": record.get("overrides"),
                   "features": record.get("features"), "params": record.get("params")}
         for m in record.get("metrics", []):
-            results.append({"step": step.name, "kind": step.kind, **m, "weights": held["weights"],
+            results.append({"step": step.name, "kind": step.kind, **m, "eval_seed": step.eval_seed,
+                            "weights": held["weights"],
                             "weights_sha256": held["weights_sha256"], "config": config,
                             "config_digest": record["key"].get("config_digest"),
                             "time": record.get("finished")})
     return {"suite": suite.name, "weights": held["weights"], "weights_sha256": held["weights_sha256"],
-            "steps": steps, "results": results}
+            "steps": steps, "results": results, "seed_spread": seed_spread(results)}
+
+
+def seed_spread(results: Sequence[Mapping[str, Any]]) -> list[dict]:
+    """Per seeded step and metric: min, median and max over its evaluation seeds (``n``: how many)."""
+    groups: dict[tuple[str, str], list[float]] = {}
+    for r in results:
+        if r.get("eval_seed") is not None and r["value"] is not None:
+            base = r["step"][: -len(f"_seed{r['eval_seed']}")]
+            groups.setdefault((base, r["metric"]), []).append(r["value"])
+    return [{"step": step, "metric": metric, "n": len(v), "min": min(v), "median": statistics.median(v),
+             "max": max(v)} for (step, metric), v in groups.items()]
 
 
 def format_results(report: Mapping[str, Any]) -> str:
@@ -619,8 +691,16 @@ def format_results(report: Mapping[str, Any]) -> str:
                          m["scored_on"], "done"])
     table = tabulate(rows, headers=["step", "kind", "metric", "value", "selected on", "scored on", "status"],
                      tablefmt="github", disable_numparse=True)
-    return (f"# Benchmark suite {report['suite']}\n\nweights: {report['weights']} (sha256 "
+    text = (f"# Benchmark suite {report['suite']}\n\nweights: {report['weights']} (sha256 "
             f"{report['weights_sha256'][:16]})\n\n{table}\n")
+    spread = report.get("seed_spread") or []
+    if spread:
+        rows = [[s["step"], s["metric"], s["n"], _show(s["min"]), _show(s["median"]), _show(s["max"])]
+                for s in spread]
+        text += "\nOver the evaluation seeds:\n\n" + tabulate(
+            rows, headers=["step", "metric", "seeds", "min", "median", "max"], tablefmt="github",
+            disable_numparse=True) + "\n"
+    return text
 
 
 def write_results(output_dir: str, suite: Suite, records: Mapping[str, dict] | None = None) -> dict:
@@ -637,11 +717,24 @@ def _plots(output_dir: str, report: Mapping[str, Any]) -> None:
     from d2ssl.evaluation.plots import plot_series
 
     results = [r for r in report["results"] if r["value"] is not None]
-    knn = [(int(r["metric"].split("@")[1]), r["value"]) for r in results
-           if r["kind"] == "knn" and r["metric"].startswith("top1@")]
-    if len(knn) > 1:
-        plot_series({"kNN top-1": sorted(knn)}, os.path.join(output_dir, "knn_topk.png"), "k", "top-1 (%)",
-                    "kNN top-1 against k")
+    knn: dict[str, list[tuple[int, float]]] = {}  # one series per layer (a knn step with layers=)
+    per_layer: dict[str, list[tuple[str, float]]] = {}  # top-1 per layer of each knn k / grid step
+    for r in results:
+        match = re.fullmatch(r"(?:(\w+)/)?(test_top1|top1@(\d+))", r["metric"])
+        if not match or r["kind"] not in ("knn", "linear_grid"):
+            continue
+        layer, metric, k = match.groups()
+        if r["kind"] == "knn":
+            knn.setdefault(f"kNN top-1{f' ({layer})' if layer else ''}", []).append((int(k), r["value"]))
+        if layer:
+            name = f"{r['step']} {'kNN k=' + k if k else 'linear'}"
+            per_layer.setdefault(name, []).append((layer, r["value"]))
+    if any(len(v) > 1 for v in knn.values()):
+        plot_series({n: sorted(v) for n, v in knn.items()}, os.path.join(output_dir, "knn_topk.png"), "k",
+                    "top-1 (%)", "kNN top-1 against k")
+    if any(len(v) > 1 for v in per_layer.values()):
+        plot_series(per_layer, os.path.join(output_dir, "top1_per_layer.png"), "layer", "top-1 (%)",
+                    "top-1 per layer")
     for step in sorted({r["step"] for r in results if r["kind"] == "train_linear"}):
         heads = [(r["metric"].split("/")[0], r["value"]) for r in results
                  if r["step"] == step and r["metric"].count("/") == 1 and r["metric"].endswith("/top1")
@@ -889,6 +982,9 @@ def argument_parser() -> Any:
                         help="a suite of configs/suites/ (tiny, quick, jigclu, vissl) or a suite file")
     parser.add_argument("--output-dir", default="", help="default: output/benchmark/<suite>")
     parser.add_argument("--num-gpus", type=int, default=0, help="processes per step (0: one, on the CPU)")
+    parser.add_argument("--eval-seeds", type=int, nargs="+", default=[], metavar="SEED",
+                        help="run the seeded steps (linear grid, linear and detection training) once per "
+                             "seed, as <step>_seed<S>; the table adds min/median/max over them")
     parser.add_argument("--only", nargs="+", default=[], metavar="STEP", help="run only these steps")
     parser.add_argument("--tables-only", action="store_true", help="only (re)write the tables from the steps")
     parser.add_argument("--watch", metavar="RUN_DIR",
@@ -920,7 +1016,7 @@ def benchmark_main(argv: Sequence[str] | None = None) -> int:
 def run_benchmark(args: Any) -> int:
     """What ``argument_parser()``'s ``args`` ask for: a suite run, a watch, a submission or its dry run, or
     the tables alone; returns the exit status (1 when a step failed or was blocked)."""
-    suite = load_suite(args.suite)
+    suite = with_eval_seeds(load_suite(args.suite), args.eval_seeds)
     output_dir = args.output_dir or os.path.join("output", "benchmark", suite.name)
     if not logger.handlers:
         handler = logging.StreamHandler()
@@ -944,7 +1040,8 @@ def run_benchmark(args: Any) -> int:
         # Absolute paths: a job may start in another working directory.
         weights = os.path.abspath(args.weights) if os.path.isfile(args.weights) else args.weights
         base = ["--weights", weights, "--suite", os.path.abspath(suite.path), "--output-dir",
-                os.path.abspath(output_dir)]
+                os.path.abspath(output_dir), *(["--eval-seeds", *map(str, args.eval_seeds)]
+                                               if args.eval_seeds else [])]
         num_gpus = args.num_gpus or args.gpus_per_node
         if args.dry_run:
             sys.stdout.write(sbatch_scripts(suite, base, args.log_folder, resources, num_gpus))

@@ -72,10 +72,15 @@ def test_tiny_suite_end_to_end_for_a_d2ssl_checkpoint(checkpoints, tmp_path, cap
     assert [s["status"] for s in report["steps"]] == ["done"] * 6
     sha = sha256_of(checkpoints["d2ssl"])
     assert {r["weights_sha256"] for r in report["results"]} == {sha}
-    knn = _metric(report, "knn", "top1@20")
-    assert 10.0 < knn["value"] <= 100.0 and knn["scored_on"].startswith("test")
-    grid = _metric(report, "linear_grid", "test_top1")
-    assert grid["selected_on"].startswith("val") and grid["scored_on"] == "test"  # never selected on test
+    layers = ("conv1", "res2", "res3", "res4", "res5")  # every layer, as VISSL judges Jigsaw and RotNet
+    for layer in layers:
+        knn = _metric(report, "knn", f"{layer}/top1@20")
+        assert 10.0 < knn["value"] <= 100.0 and knn["scored_on"].startswith("test")
+        grid = _metric(report, "linear_grid", f"{layer}/test_top1")
+        assert grid["selected_on"].startswith("val") and grid["scored_on"] == "test"  # never selected on test
+    # Each layer's kNN is that layer's: the five values are not one layer's repeated.
+    assert len({_metric(report, "knn", f"{layer}/top1@20")["value"] for layer in layers}) > 1
+    assert sorted(report["steps"][2]["info"]) == sorted(layers)
     best = _metric(report, "linear", "best/top1")
     assert best["selected_on"].startswith("val")
     assert "bbox/AP" in {r["metric"] for r in report["results"] if r["step"] == "detection"}
@@ -83,7 +88,8 @@ def test_tiny_suite_end_to_end_for_a_d2ssl_checkpoint(checkpoints, tmp_path, cap
     table = (out / "results.md").read_text()
     for step in ("features", "knn", "linear_grid", "tsne", "linear", "detection"):
         assert f"| {step} " in table
-    assert (out / "knn_topk.png").stat().st_size > 0 and (out / "tsne" / "tsne.png").stat().st_size > 0
+    for png in ("knn_topk.png", "top1_per_layer.png", "tsne/tsne.png"):
+        assert (out / png).stat().st_size > 0
     # Each step ran its tool in its own folder, with its own log.
     assert (out / "linear" / "summary.json").is_file() and (out / "detection" / "metrics.json").is_file()
     # Tools run in this process leave no log handler behind: the linear step's log is not in the features'.
@@ -250,6 +256,11 @@ def test_tables_plot_top1_per_layer_and_knn_against_k(tmp_path):
     report = {"results": knn + heads + others}
     bench._plots(str(tmp_path), report)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["knn_topk.png", "linear_heads.png"]
+    layered = [result("grid", "linear_grid", f"{layer}/test_top1", v) for layer, v in (("res4", 70.0),
+                                                                                     ("res5", 65.0))]
+    (tmp_path / "layers").mkdir()
+    bench._plots(str(tmp_path / "layers"), {"results": layered})
+    assert [p.name for p in (tmp_path / "layers").iterdir()] == ["top1_per_layer.png"]
     assert bench._metric("bbox/AP", float("nan"), None, "test")["value"] is None  # strict JSON, shown n/a
 
 
@@ -266,3 +277,52 @@ def test_linear_numbers_selected_on_test_are_left_out():
     assert metrics["top1"]["selected_on"].startswith("val")
     assert metrics["best/top1"]["selected_on"].startswith("val")
     assert all(m["scored_on"] == "test" for m in metrics.values())
+
+
+def test_eval_seeds_repeat_the_seeded_steps_and_extract_once(checkpoints, tmp_path, monkeypatch):
+    suite, out = _write_suite(tmp_path), tmp_path / "bench"
+    argv = ["--weights", checkpoints["d2ssl"], "--suite", suite, "--output-dir", str(out)]
+    assert bench.benchmark_main([*argv, "--eval-seeds", "0", "1"]) == 0
+    report = _results(out)
+    assert [s["step"] for s in report["steps"]] == ["features", "knn", "grid_seed0", "grid_seed1"]
+    grids = {s: _metric(report, f"grid_seed{s}", "test_top1") for s in (0, 1)}
+    for seed, grid in grids.items():
+        assert grid["eval_seed"] == seed and f"(seed {seed}," in grid["selected_on"]  # its own held-out rows
+    record = json.loads((out / "grid_seed1" / "step.json").read_text())
+    assert record["params"]["seed"] == record["params"]["val_seed"] == 1
+    spread = next(s for s in report["seed_spread"] if s["metric"] == "test_top1")
+    values = sorted(g["value"] for g in grids.values())
+    assert spread["step"] == "grid" and spread["n"] == 2
+    assert (spread["min"], spread["max"]) == (values[0], values[1])
+    assert spread["median"] == pytest.approx(sum(values) / 2)
+    assert "Over the evaluation seeds" in (out / "results.md").read_text()
+    # A third seed runs only its own grid: the features, the kNN and the first two grids are done.
+    ran = []
+    real = bench._run_features_step
+    monkeypatch.setattr(bench, "_run_features_step", lambda step, *a: ran.append(step.name) or real(step, *a))
+    monkeypatch.setattr(bench, "_run_config_step", lambda *a: pytest.fail("features extracted again"))
+    assert bench.benchmark_main([*argv, "--eval-seeds", "0", "1", "2"]) == 0
+    assert ran == ["grid_seed2"]
+    with pytest.raises(bench.BenchmarkError, match=r"--eval-seeds \[1, 1\]: a seed is given twice"):
+        bench.with_eval_seeds(bench.load_suite(suite), [1, 1])
+
+
+def test_seeded_random_trunks_are_named_by_their_seed(tmp_path):
+    suite = bench.load_suite(_write_suite(tmp_path))
+    digests = {}
+    for weights, folder in (("random:3", "a"), ("random:4", "b"), ("random:3", "c")):
+        out = tmp_path / folder
+        report = bench.run_suite(weights, suite, str(out), only=["features"])
+        assert report["weights_sha256"] == weights and report["steps"][0]["status"] == "done"
+        digests[folder] = report["steps"][0]["info"]["test"]["weights_digest"]
+    assert digests["a"] == digests["c"] != digests["b"]  # seed 3 twice: one trunk; seed 4: another
+    # A training step draws its random trunk and its head from one train.seed: with an evaluation seed
+    # the two cannot be told apart, so that step is refused rather than run on the wrong trunk.
+    linear = bench.Step(name="linear", kind="train_linear", config=str(REPO / "configs/eval/tiny/linear.py"))
+    assert "train.seed=3" in bench.step_overrides(linear, "random:3", str(tmp_path / "l"))
+    seeded = bench.with_eval_seeds(bench.Suite("s", "s.py", (linear,)), [0]).steps[0]
+    assert seeded.name == "linear_seed0" and "train.seed=0" in seeded.overrides
+    with pytest.raises(bench.BenchmarkError, match=r"random:3 with an evaluation seed.*--weights random "):
+        bench.step_overrides(seeded, "random:3", str(tmp_path / "l"))
+    with pytest.raises(bench.BenchmarkError, match=r"no such file .*'random:<seed>'"):
+        bench.weights_identity("random:x")

@@ -1,0 +1,200 @@
+#!/usr/bin/env python
+"""Does every method learn? Each of the six methods, pretrained at a CPU budget over several seeds,
+against random trunks of the same architecture, at every layer, through ``tools/benchmark.py``. Prints
+and writes JSON (and a Markdown table with ``--markdown``).
+
+    OMP_NUM_THREADS=1 python benchmarks/every_method_vs_random.py --seeds 0 1 2 --eval-seeds 0 1 2 \
+        --jobs 2 --workdir output/every_method --output benchmarks/results/every_method_vs_random_cpu.json \
+        --markdown benchmarks/results/every_method_vs_random_cpu.md
+
+1. Pretraining (``tools/train_net.py``, a fresh process each, ``--jobs`` side by side): for every method
+   of ``METHODS`` and pretraining seed s (``train.seed=s``, ``dataloader.train.seed=s``), the tiny config
+   with the step budget and overrides written there. ClusterFit is the paper's chain: the RotNet trunk of
+   the same seed, its res5 features clustered by faiss k-means (``tools/cluster_features.py``), a fresh
+   trunk trained on the pseudo-labels.
+2. Evaluation (``tools/benchmark.py --suite configs/suites/tiny_layers.py --eval-seeds ...``): each
+   pretrained trunk and each random trunk ``random:s`` (initialised from seed s) through the same suite:
+   features at every layer (conv1, res2..res5) of the first 5,000 training and 1,000 test photos at
+   32 px, NPID's weighted kNN (k 20) and the fast linear grid, its cell selected on 10% of every
+   training class held out and reported by its test top-1, once per evaluation seed (head initialisation,
+   batch order and the held-out rows).
+3. Summary: per method, layer and metric, the worst pretrained score (all pretraining x evaluation
+   seeds) minus the best random one; > 0 means the method beats random beyond the seed spread there.
+
+A pretraining folder is reused only when its ``settings.json`` holds the same command (the config,
+budget and seed); the evaluation is reused by content by ``tools/benchmark.py`` itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import os
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")))
+from d2ssl.utils.margins import format_margins, margin_summary, read_trunk_scores  # noqa: E402
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+SUITE = "configs/suites/tiny_layers.py"
+NO_MONITOR = "train.knn_monitor.period=0"
+# Budgets: minutes of one CPU core per run (steps/s of benchmarks/results/steps_per_second_tiny_cpu.json).
+# Every method pretrains on the 32 px scale the evaluation sees (Fashion-MNIST photos are 28 px).
+METHODS = {
+    "jigsaw": dict(config="configs/tiny/jigsaw.py", steps=1000, overrides=[NO_MONITOR]),
+    "rotnet": dict(config="configs/tiny/rotnet.py", steps=1000,
+                   overrides=["dataloader.train.mapper.crop_size=32", NO_MONITOR]),
+    # NPID and PIRL learn against a memory bank of one entry per image, which holds real embeddings only
+    # from an image's second visit: on all 60,000 photos these budgets are under one epoch (the bank stays
+    # random, the trunk ends below a random one); on the 5,000 the evaluation trains on, 6.4 and 6.4 epochs.
+    "npid": dict(config="configs/tiny/npid.py", steps=1000,
+                 overrides=["dataloader.train.dataset.limit=5000", NO_MONITOR]),
+    "pirl": dict(config="configs/tiny/pirl.py", steps=1000,
+                 overrides=["dataloader.train.dataset.limit=5000", NO_MONITOR]),
+    "jigclu": dict(config="configs/tiny/jigclu.py", steps=1000, overrides=[NO_MONITOR]),
+    "clusterfit": dict(config="configs/tiny/clusterfit.py", steps=1000,
+                       overrides=["dataloader.train.mapper.crop_size=32"], source="rotnet", clusters=50),
+}
+CLUSTER_CONFIG = "configs/tiny/clusterfit_cluster.py"
+
+
+def run(command: list[str], log_path: str) -> dict:
+    """Runs ``command`` from the repository root, output to ``log_path``; wall and CPU seconds."""
+    env = dict(os.environ)
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # a shared machine: one thread unless told
+        env.setdefault(name, "1")
+    start = time.perf_counter()
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
+        _, status, usage = os.wait4(process.pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    if code:
+        raise RuntimeError(f"{' '.join(command)} failed (exit {code}); see {log_path}")
+    cpu = usage.ru_utime + usage.ru_stime
+    return {"wall_s": round(time.perf_counter() - start, 1), "cpu_s": round(cpu, 1)}
+
+
+def _settled(folder: str, settings: dict, done_file: str) -> bool:
+    """True when ``folder`` finished this very command; a folder holding another command is refused."""
+    path = os.path.join(folder, "settings.json")
+    if os.path.isfile(path):
+        with open(path) as f:
+            held = json.load(f)
+        if held != settings:
+            raise SystemExit(f"error: {folder} holds a run of other settings ({path}); give another "
+                             f"--workdir")
+        return os.path.isfile(os.path.join(folder, done_file))
+    os.makedirs(folder, exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(settings, f, indent=2)
+    return False
+
+
+def pretrain(method: str, seed: int, workdir: str) -> dict:
+    """Pretrains ``method`` with ``seed`` (ClusterFit: after its source method of the same seed);
+    returns ``{"checkpoint", "seconds"}``."""
+    spec = METHODS[method]
+    python = sys.executable
+    folder = os.path.join(workdir, f"{method}_s{seed}")
+    seeds = [f"train.seed={seed}", f"dataloader.train.seed={seed}"]
+    seconds = {}
+    overrides = list(spec["overrides"])
+    if "source" in spec:
+        source = os.path.join(workdir, f"{spec['source']}_s{seed}", "model_final.pth")
+        cluster = os.path.join(folder, "cluster")
+        labels = os.path.join(cluster, f"fashion_mnist_train_N{spec['clusters']}_faiss_lbls.npy")
+        command = [python, "tools/cluster_features.py", "--num-gpus", "0", "--config-file", CLUSTER_CONFIG,
+                   f"train.weights_init.PARAMS_FILE={source}", f"clustering.NUM_CLUSTERS={spec['clusters']}",
+                   f"extraction.output_dir={cluster}/features", f"train.output_dir={cluster}",
+                   # the source trunk's own scale
+                   *(f"dataloader.{s}.mapper.{k}=32" for s in ("train", "test") for k in ("resize_size",
+                                                                                          "crop_size"))]
+        if not _settled(cluster, {"command": command[1:]}, "clustering_summary.json"):
+            seconds["cluster"] = run(command, os.path.join(cluster, "cluster.log"))
+        overrides += [f"dataloader.train.dataset.labels_file={labels}",
+                      f"model.head.dims=[128,{spec['clusters']}]"]
+    command = [python, "tools/train_net.py", "--num-gpus", "0", "--config-file", spec["config"],
+               f"train.output_dir={folder}", f"train.max_iter={spec['steps']}", *seeds, *overrides]
+    if not _settled(folder, {"command": command[1:]}, "model_final.pth"):
+        seconds["pretrain"] = run(command + ["--start-over"] if os.path.isfile(
+            os.path.join(folder, "run.json")) else command, os.path.join(folder, "train.log"))
+    done = "; ".join(f"{k} {v['wall_s']:.0f} s" for k, v in seconds.items()) or "done already"
+    print(f"pretrained {method} seed {seed}: {done}", flush=True)
+    return {"checkpoint": os.path.join(folder, "model_final.pth"), "seconds": seconds}
+
+
+def evaluate(weights: str, name: str, eval_seeds: list[int], workdir: str) -> dict:
+    """``tools/benchmark.py`` on ``weights`` with every evaluation seed, into ``<workdir>/eval/<name>``."""
+    out = os.path.join(workdir, "eval", name)
+    os.makedirs(out, exist_ok=True)
+    seconds = run([sys.executable, "tools/benchmark.py", "--weights", weights, "--suite", SUITE,
+                   "--output-dir", out, "--eval-seeds", *map(str, eval_seeds)],
+                  os.path.join(workdir, "eval", f"{name}.log"))
+    print(f"evaluated {name}: {seconds['wall_s']:.0f} s (steps done before are skipped by content)",
+          flush=True)
+    return {"seconds": seconds}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="pretraining seeds")
+    parser.add_argument("--random-seeds", type=int, nargs="+", help="random trunks (default: --seeds)")
+    parser.add_argument("--eval-seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--jobs", type=int, default=1, help="runs side by side")
+    parser.add_argument("--workdir", default="output/every_method")
+    parser.add_argument("--pretrain-only", action="store_true")
+    parser.add_argument("--output")
+    parser.add_argument("--markdown")
+    args = parser.parse_args()
+    workdir = os.path.abspath(args.workdir)
+    random_seeds = args.random_seeds or args.seeds
+    os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
+    methods = list(args.methods)
+    for method in list(methods):  # ClusterFit needs its source trunk
+        source = METHODS[method].get("source")
+        if source and source not in methods:
+            methods.insert(0, source)
+    first = [(m, s) for s in args.seeds for m in methods if "source" not in METHODS[m]]
+    second = [(m, s) for s in args.seeds for m in methods if "source" in METHODS[m]]
+    pretrained = {}
+    with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
+        for batch in (first, second):
+            pretrained.update(zip(batch, pool.map(lambda ms: pretrain(*ms, workdir), batch)))
+        if args.pretrain_only:
+            return
+        trunks = [(m, s, pretrained[(m, s)]["checkpoint"]) for m in args.methods for s in args.seeds]
+        trunks += [("random", s, f"random:{s}") for s in random_seeds]
+        seconds = dict(zip([(m, s) for m, s, _ in trunks],
+                           pool.map(lambda t: evaluate(t[2], f"{t[0]}_s{t[1]}", args.eval_seeds, workdir),
+                                    trunks)))
+    # Only the folders of this command: a workdir may hold other methods or seeds.
+    scores = read_trunk_scores(os.path.join(workdir, "eval"))
+    trunk_scores = {m: {s: scores[m][s] for s in (random_seeds if m == "random" else args.seeds)}
+                    for m in [*args.methods, "random"]}
+    runs = [{"method": m, "seed": s, "weights": os.path.relpath(w, ROOT) if os.path.isabs(w) else w,
+             "scores": trunk_scores[m][s], "seconds": {**pretrained.get((m, s), {}).get("seconds", {}),
+                                                       "evaluate": seconds[(m, s)]["seconds"]}}
+            for m, s, w in trunks]
+    settings = {"methods": {m: METHODS[m] for m in args.methods}, "seeds": args.seeds,
+                "random_seeds": random_seeds, "eval_seeds": args.eval_seeds, "suite": SUITE,
+                "threads_per_process": os.environ.get("OMP_NUM_THREADS", "1"), "jobs": args.jobs}
+    report = {"settings": settings, "summary": margin_summary(trunk_scores), "runs": runs}
+    table = format_margins(report["summary"])
+    print(table)
+    if args.output:
+        with open(args.output, "w") as f:
+            json.dump(report, f, indent=2)
+    if args.markdown:
+        budgets = ", ".join(f"{m} {METHODS[m]['steps']} steps" for m in args.methods)
+        with open(args.markdown, "w") as f:
+            f.write(f"Pretraining seeds {args.seeds}, random trunks {random_seeds}, evaluation seeds "
+                    f"{args.eval_seeds} ({SUITE}); budgets: {budgets}.\n\n{table}")
+
+
+if __name__ == "__main__":
+    main()
