@@ -33,32 +33,58 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")))
 from d2ssl.utils.margins import format_margins, margin_summary, read_trunk_scores  # noqa: E402
+from d2ssl.utils.progress import describe_progress  # noqa: E402
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 SUITE = "configs/suites/tiny_layers.py"
 NO_MONITOR = "train.knn_monitor.period=0"
-# Budgets: minutes of one CPU core per run (steps/s of benchmarks/results/steps_per_second_tiny_cpu.json).
-# Every method pretrains on the 32 px scale the evaluation sees (Fashion-MNIST photos are 28 px).
+# Budgets: minutes of one CPU core per run. The evaluation sees the photos at 32 px; every method pretrains
+# at that scale (NPID, PIRL and JigClu's patches as their tiny configs; RotNet, Jigsaw and ClusterFit told
+# so), each measured first at seed 0 against the random trunks' spread (benchmarks/results/
+# every_method_vs_random_cpu.md says what the shorter settings gave).
 METHODS = {
-    "jigsaw": dict(config="configs/tiny/jigsaw.py", steps=1000, overrides=[NO_MONITOR]),
+    # The tiny config's 64 px views with 28 px tiles see the photo at twice the evaluation's scale.
+    "jigsaw": dict(config="configs/tiny/jigsaw.py", steps=3000,
+                   overrides=["dataloader.train.mapper.resize_size=32",
+                              "dataloader.train.mapper.crop_size=32", "dataloader.train.mapper.tile_size=14",
+                              NO_MONITOR]),
     "rotnet": dict(config="configs/tiny/rotnet.py", steps=1000,
                    overrides=["dataloader.train.mapper.crop_size=32", NO_MONITOR]),
     # NPID and PIRL learn against a memory bank of one entry per image, which holds real embeddings only
-    # from an image's second visit: on all 60,000 photos these budgets are under one epoch (the bank stays
-    # random, the trunk ends below a random one); on the 5,000 the evaluation trains on, 6.4 and 6.4 epochs.
-    "npid": dict(config="configs/tiny/npid.py", steps=1000,
+    # from an image's second visit: on all 60,000 photos 1,000 steps of 32 are half an epoch (the bank
+    # stays random and the trunk ends below a random one); on the 5,000 photos the evaluation trains its
+    # probes on (without their labels), 19 and 13 epochs.
+    "npid": dict(config="configs/tiny/npid.py", steps=3000,
                  overrides=["dataloader.train.dataset.limit=5000", NO_MONITOR]),
-    "pirl": dict(config="configs/tiny/pirl.py", steps=1000,
+    "pirl": dict(config="configs/tiny/pirl.py", steps=2000,
                  overrides=["dataloader.train.dataset.limit=5000", NO_MONITOR]),
     "jigclu": dict(config="configs/tiny/jigclu.py", steps=1000, overrides=[NO_MONITOR]),
+    # The paper's chain: the RotNet trunk of the same seed, 50 k-means clusters of its res5 features.
     "clusterfit": dict(config="configs/tiny/clusterfit.py", steps=1000,
                        overrides=["dataloader.train.mapper.crop_size=32"], source="rotnet", clusters=50),
 }
 CLUSTER_CONFIG = "configs/tiny/clusterfit_cluster.py"
+
+
+RUNNING: set[str] = set()  # the logs being written, for the progress lines
+
+
+def print_progress(period: float, stop: threading.Event) -> None:
+    """Every ``period`` seconds, one line per running step: its log's latest iteration and ETA."""
+    while not stop.wait(period):
+        for path in sorted(RUNNING):
+            try:
+                with open(path, errors="replace") as f:
+                    line = describe_progress(f.read())
+            except OSError:
+                continue
+            name = os.path.relpath(path, os.path.dirname(os.path.dirname(path)))
+            print(f"   {name}: {line or 'starting'}", flush=True)
 
 
 def run(command: list[str], log_path: str) -> dict:
@@ -67,9 +93,13 @@ def run(command: list[str], log_path: str) -> dict:
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # a shared machine: one thread unless told
         env.setdefault(name, "1")
     start = time.perf_counter()
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
-        _, status, usage = os.wait4(process.pid, 0)
+    RUNNING.add(log_path)
+    try:
+        with open(log_path, "w") as log:
+            process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
+            _, status, usage = os.wait4(process.pid, 0)
+    finally:
+        RUNNING.discard(log_path)
     code = os.waitstatus_to_exitcode(status)
     if code:
         raise RuntimeError(f"{' '.join(command)} failed (exit {code}); see {log_path}")
@@ -148,6 +178,8 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1, help="runs side by side")
     parser.add_argument("--workdir", default="output/every_method")
     parser.add_argument("--pretrain-only", action="store_true")
+    parser.add_argument("--progress-seconds", type=float, default=0,
+                        help="print each running step's iteration and ETA this often (0: only when done)")
     parser.add_argument("--output")
     parser.add_argument("--markdown")
     args = parser.parse_args()
@@ -162,6 +194,9 @@ def main() -> None:
     first = [(m, s) for s in args.seeds for m in methods if "source" not in METHODS[m]]
     second = [(m, s) for s in args.seeds for m in methods if "source" in METHODS[m]]
     pretrained = {}
+    stop = threading.Event()
+    if args.progress_seconds > 0:
+        threading.Thread(target=print_progress, args=(args.progress_seconds, stop), daemon=True).start()
     with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
         for batch in (first, second):
             pretrained.update(zip(batch, pool.map(lambda ms: pretrain(*ms, workdir), batch)))
@@ -172,6 +207,7 @@ def main() -> None:
         seconds = dict(zip([(m, s) for m, s, _ in trunks],
                            pool.map(lambda t: evaluate(t[2], f"{t[0]}_s{t[1]}", args.eval_seeds, workdir),
                                     trunks)))
+    stop.set()
     # Only the folders of this command: a workdir may hold other methods or seeds.
     scores = read_trunk_scores(os.path.join(workdir, "eval"))
     trunk_scores = {m: {s: scores[m][s] for s in (random_seeds if m == "random" else args.seeds)}

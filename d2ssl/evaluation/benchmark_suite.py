@@ -319,18 +319,21 @@ def _config_step_key(step: Step, overrides: Sequence[str], known: dict[str, str]
     return config_digest(blank), _sha(digests)
 
 
-def _features_meta(folder: str) -> dict[str, dict]:
+def _features_meta(folder: str, splits: Sequence[str]) -> dict[str, dict]:
+    """The meta files (reuse key, dims, digests) of the ``splits`` an extraction wrote to ``folder``."""
+    from d2ssl.evaluation.features import meta_path
+
     metas = {}
-    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
-        if name.endswith("_meta.json"):
-            with open(os.path.join(folder, name)) as f:
-                metas[name[: -len("_meta.json")]] = json.load(f)
+    for split in splits:
+        with open(meta_path(folder, split)) as f:
+            metas[split] = json.load(f)
     return metas
 
 
-def _features_step_key(step: Step, features_dir: str) -> tuple[str, str]:
-    """(digest of kind and params, digest of the features' data sets and loaded trunk)."""
-    metas = _features_meta(features_dir)
+def _features_step_key(step: Step, features_dir: str, splits: Sequence[str]) -> tuple[str, str]:
+    """(digest of kind and params, digest of the features' data sets and loaded trunk); ``splits``: those
+    the features step extracted (its record)."""
+    metas = _features_meta(features_dir, splits)
     data = {split: {k: m.get(k) for k in ("dataset_digest", "weights_digest", "view", "layers", "pooling",
                                           "extraction_version")} for split, m in metas.items()}
     return _sha({"kind": step.kind, "params": dict(step.params)}), _sha(data)
@@ -392,7 +395,12 @@ def _run_config_step(step: Step, overrides: Sequence[str], num_gpus: int, folder
     with _tool_logging():
         launch_processes(_tool_main(step.kind), num_gpus, args=(args,),
                          device=config_device(step.config, list(overrides)))
-    return _collect_config_results(step.kind, folder)
+    splits: list[str] = []
+    if step.kind == "extract_features":
+        from d2ssl.engine.train_loop import setup_config
+
+        splits = list(setup_config(step.config, list(overrides)).extraction.splits)
+    return _collect_config_results(step.kind, folder, splits)
 
 
 def _read_json(path: str) -> Any:
@@ -400,11 +408,11 @@ def _read_json(path: str) -> Any:
         return json.load(f)
 
 
-def _collect_config_results(kind: str, folder: str) -> dict:
+def _collect_config_results(kind: str, folder: str, splits: Sequence[str] = ()) -> dict:
     """``{"metrics": [...], "info": {...}}`` from what the tool wrote to ``folder`` (the processes'
-    return values do not come back from a multi-process launch)."""
+    return values do not come back from a multi-process launch); ``splits``: those an extraction wrote."""
     if kind == "extract_features":
-        metas = _features_meta(folder)
+        metas = _features_meta(folder, splits)
         return {"metrics": [], "info": {split: {k: m.get(k) for k in ("num_images", "dims", "weights_digest",
                                                                        "dataset_digest")}
                                         for split, m in metas.items()}}
@@ -561,7 +569,8 @@ def run_step(step: Step, output_dir: str, weights: Mapping[str, str], num_gpus: 
                     features["key"].get("weights_sha256") != key["weights_sha256"]:
                 record.update(status="blocked", error=f"needs step {step.features!r} done first", key=key)
                 return record
-            key["config_digest"], key["dataset_digest"] = _features_step_key(step, features_dir)
+            extracted = sorted(features.get("info") or {})  # the splits the features step wrote
+            key["config_digest"], key["dataset_digest"] = _features_step_key(step, features_dir, extracted)
             record.update(features=step.features, params=dict(step.params))
     except Exception as e:  # noqa: BLE001  (a bad step config fails this step, not the suite)
         record.update(status="failed", error=describe_error(e), key=key)

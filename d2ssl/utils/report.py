@@ -7,11 +7,13 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 from typing import Any
 
 from omegaconf import OmegaConf
 from tabulate import tabulate
 
+from d2ssl.utils.margins import RANDOM, format_margins, margin_summary, read_trunk_scores
 from d2ssl.utils.metrics import metric_trajectory, read_metrics
 
 # Pretext metric each meta-architecture logs, and its chance level (None: no fixed chance level).
@@ -41,21 +43,32 @@ def shown_path(path: str) -> str:
     return path if relative.startswith("..") else relative
 
 
+def _method_folders(demo_dir: str) -> list[tuple[str, str]]:
+    """``(method, folder name)`` of the pretraining runs of ``demo_dir``: ``<method>`` or ``<method>_s<seed>``
+    (a seed of benchmarks/every_method_vs_random.py), in PRETEXT_METRICS' order, then by seed."""
+    names = sorted(os.listdir(demo_dir)) if os.path.isdir(demo_dir) else []
+    out = []
+    for method in PRETEXT_METRICS:
+        out += [(method, n) for n in names if (n == method or re.fullmatch(rf"{method}_s\d+", n))
+                and os.path.isdir(os.path.join(demo_dir, n))]
+    return out
+
+
 def pretraining_rows(demo_dir: str) -> list[list]:
-    """One row per run folder of ``demo_dir`` named after a method: metric, first, last, chance."""
+    """One row per run folder of ``demo_dir`` named after a method (``<method>`` or ``<method>_s<seed>``):
+    metric, first, last, chance."""
     rows = []
-    for method, (key, chance) in PRETEXT_METRICS.items():
-        run = os.path.join(demo_dir, method)
-        if not os.path.isdir(run):
-            continue
+    for method, name in _method_folders(demo_dir):
+        key, chance = PRETEXT_METRICS[method]
+        run = os.path.join(demo_dir, name)
         try:
             first, last = metric_trajectory(run, key)
         except (FileNotFoundError, KeyError) as e:
-            rows.append([method, key, "-", "-", "-", f"({e})"])
+            rows.append([name, key, "-", "-", "-", f"({e})"])
             continue
         if chance is None:
             chance = nce_chance(run)
-        rows.append([method, key, f"{first:.3f}", f"{last:.3f}",
+        rows.append([name, key, f"{first:.3f}", f"{last:.3f}",
                      "-" if chance is None else f"{chance:.3f}", shown_path(run)])
     return rows
 
@@ -119,7 +132,8 @@ def transfer_rows(demo_dir: str) -> list[list]:
     """
     eval_dir = os.path.join(demo_dir, "eval")
     methods = sorted(m for m in (os.listdir(eval_dir) if os.path.isdir(eval_dir) else [])
-                     if "random" not in m and os.path.isdir(os.path.join(eval_dir, m)))
+                     if "random" not in m and os.path.isdir(os.path.join(eval_dir, m))
+                     and not os.path.isfile(os.path.join(eval_dir, m, "results.json")))  # margins' folders
     pretext = {row[0]: row for row in pretraining_rows(demo_dir)}
     random_ap = _final_box_ap(os.path.join(demo_dir, "detection_random"))
     rows = []
@@ -144,6 +158,12 @@ def format_report(demo_dir: str) -> str:
         tablefmt="github", disable_numparse=True,
     )
     text = f"Pretraining\n{pretraining}\n\nDetection transfer (COCO evaluation)\n{detection}"
+    trunks = read_trunk_scores(os.path.join(demo_dir, "eval"))
+    if RANDOM in trunks and len(trunks) > 1:
+        random_seeds = sorted(trunks[RANDOM])
+        title = (f"Every method against random trunks (tools/benchmark.py, every layer; margin: worst "
+                 f"pretrained run minus best random run over every seed; random seeds {random_seeds})")
+        text += f"\n\n{title}\n{format_margins(margin_summary(trunks))}"
     transfer = transfer_rows(demo_dir)
     if transfer:
         table = tabulate(
@@ -344,15 +364,14 @@ def benchmark_rows(folders: list[str]) -> tuple[list[str], list[list[str]]]:
 
 
 def _is_demo_layout(folder: str) -> bool:
-    return any(os.path.isdir(os.path.join(folder, m)) for m in PRETEXT_METRICS) or \
-        os.path.isdir(os.path.join(folder, "eval")) or \
+    return bool(_method_folders(folder)) or os.path.isdir(os.path.join(folder, "eval")) or \
         any(n.startswith("detection") for n in os.listdir(folder))
 
 
 def _shown_by_demo_tables(folder: str, root: str) -> bool:
     relative = os.path.relpath(folder, root).split(os.sep)
-    return relative[0] in PRETEXT_METRICS or relative[0].startswith("detection") or \
-        (relative[0] == "eval" and len(relative) == 2)
+    return relative[0] in {name for _, name in _method_folders(root)} or relative[0].startswith("detection") \
+        or (relative[0] == "eval" and len(relative) == 2)
 
 
 def format_any_report(paths: list[str]) -> str:
@@ -372,9 +391,11 @@ def format_any_report(paths: list[str]) -> str:
         if demo:
             sections.append(format_report(path))
         for folder in find_run_folders(path):
+            if demo and _shown_by_demo_tables(folder, path):
+                continue  # in the demo's tables (a trunk's benchmark: in the margins)
             if all(os.path.isfile(os.path.join(folder, n)) for n in BENCHMARK_FILES):
                 benchmarks.append(folder)
-            elif not (demo and _shown_by_demo_tables(folder, path)):
+            else:
                 runs.append(describe_run_folder(folder))
     if benchmarks:
         headers, rows = benchmark_rows(benchmarks)

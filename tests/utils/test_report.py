@@ -165,3 +165,29 @@ def test_report_of_the_demo_folder_keeps_the_demo_tables(tmp_path):
                                      {"iteration": 59, "jigsaw_accuracy": 0.7}])
     _write_run(tmp_path / "detection_jigsaw", [{"iteration": 99, "bbox/AP": 12.34, "bbox/AP50": 40.0}])
     assert format_any_report([str(tmp_path)]) == format_report(str(tmp_path))  # nothing listed twice
+
+
+def test_report_of_the_every_method_demo_shows_margins_once(tmp_path):
+    """The demo's layout since every method is benchmarked (benchmarks/every_method_vs_random.py):
+    <method>_s<seed>/ pretraining runs, eval/<method>_s<seed>/ benchmark folders, random_s<seed>/."""
+    from d2ssl.utils.report import format_any_report
+
+    _write_run(tmp_path / "rotnet_s0", [{"iteration": 19, "rotnet_accuracy": 0.3},
+                                        {"iteration": 39, "rotnet_accuracy": 0.9}])
+    _write_run(tmp_path / "detection_random", [{"iteration": 99, "bbox/AP": 7.5, "bbox/AP50": 20.0}])
+    trunks = (("rotnet_s0", (81.0, 82.0)), ("random_s0", (77.0, 78.5)), ("random_s1", (76.0, 77.0)))
+    for name, values in trunks:
+        results = [{"step": f"linear_grid_seed{i}", "kind": "linear_grid", "metric": "res4/test_top1",
+                    "value": v, "eval_seed": i} for i, v in enumerate(values)]
+        results.append({"step": "knn", "kind": "knn", "metric": "res4/top1@20", "value": values[0] - 2})
+        _json(tmp_path / "eval" / name / "results.json", {"results": results})
+        _json(tmp_path / "eval" / name / "suite.json", {"suite": "tiny_layers"})
+    assert pretraining_rows(str(tmp_path))[0][:4] == ["rotnet_s0", "rotnet_accuracy", "0.300", "0.900"]
+    text = format_any_report([str(tmp_path)])
+    assert "Every method against random trunks" in text and "random seeds [0, 1]" in text
+    # rotnet: worst run 81.0, best random run 78.5 -> +2.5 on the linear probe; kNN 79.0 - 75.0 = +4.0,
+    # the best margin, with its spreads (one pretrained run against two random ones).
+    row = next(line for line in text.splitlines() if line.startswith("| rotnet "))
+    assert "res4 knn_top1@20" in row and "**+4.00**" in row and "res4 +2.5; +4.0" in row
+    assert "79.00 / 79.00 / 79.00" in row and "74.00 / 74.50 / 75.00" in row and "1 vs 2" in row
+    assert "Benchmarks (one row per trunk" not in text  # the trunks' folders are in the margins, not twice
