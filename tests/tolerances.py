@@ -204,3 +204,36 @@ def forward_terms(model: nn.Module) -> int:
         else:
             terms += 2
     return terms
+
+
+def assert_within_bound(
+    actual: torch.Tensor, expected: torch.Tensor, bound: torch.Tensor | float, *, name: str, what: str
+) -> None:
+    """Asserts ``|actual - expected| <= bound`` element-wise, for a bound the caller derived (``what``
+    says which, for the message); like ``assert_close_sum_order``, a failure names the worst element
+    relative to its bound, both values, the difference and the bound."""
+    actual, expected = torch.as_tensor(actual), torch.as_tensor(expected)
+    assert actual.shape == expected.shape, f"{name}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    diff = (actual.double() - expected.double()).abs()
+    tol = torch.as_tensor(bound, dtype=torch.float64).expand_as(diff)
+    bad = ~(diff <= tol)  # NaN fails too
+    if bad.any():
+        ratio = torch.where(bad, (diff / tol).nan_to_num(math.inf, math.inf), torch.zeros_like(diff))
+        flat = int(ratio.flatten().argmax())
+        raise AssertionError(
+            f"{name}: {int(bad.sum())} of {diff.numel()} values differ by more than {what}; worst at index "
+            f"{_index(flat, diff.shape)}: actual {actual.flatten()[flat].item():.9g}, expected "
+            f"{expected.flatten()[flat].item():.9g}, |diff| {diff.flatten()[flat].item():.3g} > bound "
+            f"{tol.flatten()[flat].item():.3g}"
+        )
+
+
+def assert_features_close(
+    actual: torch.Tensor, expected: torch.Tensor, model: nn.Module, *, pooled_cells: int, name: str
+) -> None:
+    """Features of ``model`` (eval mode) computed twice, by another batch size or kernel (another sum
+    order), within the normwise bound of ``forward_terms``: ``2 gamma_n max |expected|``, ``n`` the
+    model's fan-ins and norms along the path plus the ``pooled_cells`` averaged into each feature."""
+    actual, expected = torch.as_tensor(actual), torch.as_tensor(expected)
+    assert_close_sum_order(actual, expected, terms=forward_terms(model) + pooled_cells,
+                           scale=float(expected.abs().max()), name=name)

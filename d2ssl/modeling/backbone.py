@@ -85,20 +85,25 @@ def build_resnet_trunk(
     return trunk.freeze(freeze_at)
 
 
+# Norms with a trainable scale: nn.SyncBatchNorm (detectron2's "SyncBN") is no BatchNorm2d subclass.
+_AFFINE_NORMS = (nn.BatchNorm2d, nn.GroupNorm, nn.SyncBatchNorm)
+
+
 def _init_like_torchvision(trunk: nn.Module, zero_init_residual: bool) -> None:
     # detectron2 initialises convolutions with c2_msra_fill (fan_out, no bias); torchvision and the SSL
     # references use kaiming_normal_(fan_out, relu) and BN weight 1 / bias 0: match the references.
     for m in trunk.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm, nn.SyncBatchNorm)):
+        elif isinstance(m, _AFFINE_NORMS):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
     if zero_init_residual:
         for m in trunk.modules():
             last_conv = {BottleneckBlock: "conv3", BasicBlock: "conv2"}.get(type(m))
             last_conv = getattr(m, last_conv) if last_conv else None
-            if last_conv is not None and isinstance(last_conv.norm, nn.BatchNorm2d):
+            # torchvision zeroes the last norm of a block whatever its type (SyncBN, GN included).
+            if last_conv is not None and isinstance(last_conv.norm, _AFFINE_NORMS):
                 nn.init.zeros_(last_conv.norm.weight)
 
 

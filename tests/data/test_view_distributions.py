@@ -349,10 +349,36 @@ def test_colour_parameters_follow_the_recipe():
     assert ks_statistic(p["threshold"].numpy(), np.random.default_rng(1).integers(0, 257, n)) < 0.03
 
 
-def test_fast_recipe_and_torchvision_recipe_give_views_with_the_same_statistics(photo):
+class JigCluGaussianBlur:
+    """JigClu/loader.py's GaussianBlur (l. 18-27 at 1490f3b; MoCo v2's): PIL's blur, radius uniform
+    (drawn from torch's generator instead of ``random``, so that one seed fixes the whole reference)."""
+
+    def __init__(self, sigma):
+        self.sigma = sigma
+
+    def __call__(self, image):
+        return image.filter(ImageFilter.GaussianBlur(radius=float(torch.empty(1).uniform_(*self.sigma))))
+
+
+# The recipes as their references wrote them (not d2ssl.data.color.reference_color_augmentation, which
+# reads the recipe back from the object under test): JigClu main.py l. 216-221 (MoCo v2's aug_plus), and
+# the same with torchvision's 23-tap blur (VISSL / SimCLR, d2ssl's default blur_impl).
+def jigclu_reference(blur):
+    return T.Compose([
+        T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+        T.RandomGrayscale(p=0.2),
+        T.RandomApply([blur], p=0.5),
+        T.RandomHorizontalFlip(),
+    ])
+
+
+@pytest.mark.parametrize("blur_impl, reference", [
+    ("pil", jigclu_reference(JigCluGaussianBlur((0.1, 2.0)))),
+    ("torchvision", jigclu_reference(T.GaussianBlur(23, sigma=(0.1, 2.0)))),
+])
+def test_fast_recipe_and_torchvision_recipe_give_views_with_the_same_statistics(photo, blur_impl, reference):
     # End to end: per-view summary statistics (mean, std, colourfulness) over many draws agree.
-    aug = X.color_augmentation((0.4, 0.4, 0.4, 0.1), 0.8, 0.2, gaussian_blur_prob=0.5)
-    reference = X.reference_color_augmentation(aug)
+    aug = X.color_augmentation((0.4, 0.4, 0.4, 0.1), 0.8, 0.2, gaussian_blur_prob=0.5, blur_impl=blur_impl)
     small = photo.resize((32, 28))
     n = 600
     fast = aug.apply(

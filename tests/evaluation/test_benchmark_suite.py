@@ -326,3 +326,15 @@ def test_seeded_random_trunks_are_named_by_their_seed(tmp_path):
         bench.step_overrides(seeded, "random:3", str(tmp_path / "l"))
     with pytest.raises(bench.BenchmarkError, match=r"no such file .*'random:<seed>'"):
         bench.weights_identity("random:x")
+
+
+def test_submit_dry_run_with_eval_seeds_sends_one_job_per_seeded_step(capsys, tmp_path):
+    argv = ["--weights", "random:2", "--suite", "quick", "--output-dir", "out/b", "--eval-seeds", "0", "1",
+            "--submit", "--dry-run", "--log-folder", str(tmp_path / "%j")]
+    assert bench.benchmark_main(argv) == 0
+    text = capsys.readouterr().out
+    assert "#   after_features: array of 4 [knn, linear_grid_seed0, linear_grid_seed1, tsne], 1 GPUs, after " \
+           "features (ok)" in text
+    # Each job reruns tools/benchmark.py with the same seeds, so its step names resolve to the same steps.
+    after = next(s for s in text.split("# ---- ")[1:] if s.startswith("after_features"))
+    assert "--weights random:2 " in after and "--eval-seeds 0 1 --only" in after

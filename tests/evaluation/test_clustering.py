@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 import runpy
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from tolerances import gamma
 
 from d2ssl.data.datasets import DatasetError, attach_labels
 from d2ssl.evaluation import clustering
@@ -120,6 +122,29 @@ def test_quality_metrics_on_a_hand_checked_example():
     assert quality["purity"] == pytest.approx((2 + 2 + 2) / 7)
     perfect = clustering_quality(np.array([5, 5, 1, 1]), np.array([0, 0, 1, 1]))
     assert perfect["nmi"] == pytest.approx(1.0) and perfect["ari"] == pytest.approx(1.0)
+
+
+def test_nmi_and_ari_are_the_hand_computed_values_without_the_unlabelled_image():
+    # 7 labelled images (the 8th, label -1, is left out); contingency (cluster x label):
+    #   cluster 0: label 0 x2, label 1 x1;  cluster 1: label 1 x2, label 2 x2.
+    clusters = np.array([0, 0, 0, 1, 1, 1, 1, 0])
+    labels = np.array([0, 0, 1, 1, 1, 2, 2, -1])
+    quality = clustering_quality(clusters, labels)
+    # NMI = I(U; V) / mean(H(U), H(V)) (the arithmetic mean: scikit-learn's default since 0.22, the
+    # definition d2ssl reports), I = sum_ij n_ij / N ln(N n_ij / (a_i b_j)), natural logs.
+    mutual = (2 * math.log(7 / 3) + math.log(7 / 9) + 2 * math.log(7 / 6) + 2 * math.log(7 / 4)) / 7
+    h_clusters = -(3 / 7 * math.log(3 / 7) + 4 / 7 * math.log(4 / 7))
+    h_labels = -(2 * 2 / 7 * math.log(2 / 7) + 3 / 7 * math.log(3 / 7))
+    nmi = mutual / ((h_clusters + h_labels) / 2)
+    # ARI from pair counts: 21 pairs, 9 in one cluster (3 + 6), 5 with one label (1 + 3 + 1), 3 both
+    # (1 + 0 + 1 + 1): (3 - 9 * 5 / 21) / ((9 + 5) / 2 - 9 * 5 / 21) = 3 / 17.
+    ari = 3 / 17
+    # float64 sums of under 16 terms of size <= 2 ln 7: within 2 gamma_16 * 16 * 2 ln 7 (~3e-14).
+    tol = 2 * gamma(16, 2.0**-53) * 16 * 2 * math.log(7)
+    assert quality["num_labelled"] == 7
+    assert quality["nmi"] == pytest.approx(nmi, abs=tol) and quality["ari"] == pytest.approx(ari, abs=tol)
+    # The geometric-mean NMI (scikit-learn before 0.22) is another number here (H(U) != H(V)).
+    assert abs(mutual / math.sqrt(h_clusters * h_labels) - nmi) > 1e-3
 
 
 def test_size_summary_reports_empty_and_singleton_clusters():

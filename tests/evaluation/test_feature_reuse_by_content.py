@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tolerances import assert_features_close
 
 from d2ssl.data.mappers.classification import ClassificationMapper
 from d2ssl.engine.train_loop import setup_config
@@ -53,6 +54,13 @@ def extractions(monkeypatch) -> list[int]:
     monkeypatch.setattr(features_module, "compute_features",
                         lambda *a, **k: calls.append(1) or original(*a, **k))
     return calls
+
+
+def _assert_features_close(got: np.ndarray, expected: np.ndarray, trunk) -> None:
+    # Batched extraction vs one image at a time: another sum order, within the float32 bound of the
+    # trunk's path (tests/tolerances.py); res5 of a 40 px view is at most 2 x 2 cells averaged.
+    assert_features_close(torch.from_numpy(np.array(got)), torch.from_numpy(expected), trunk, pooled_cells=4,
+                          name="res5 features")
 
 
 def _expected(trunk, images, mapper=MAPPER) -> np.ndarray:
@@ -158,7 +166,7 @@ def test_weights_changed_in_the_trunk_are_extracted_again_and_the_log_says_why(t
     with caplog.at_level(logging.INFO, logger=features_module.logger.name):
         result = extract_features(trunk, images, MAPPER, str(tmp_path), checkpoint="model_final.pth")
     assert extractions == [1, 1]
-    np.testing.assert_allclose(result.features["res5"], _expected(trunk, images), rtol=1e-4, atol=1e-5)
+    _assert_features_close(result.features["res5"], _expected(trunk, images), trunk)
     lines = [r.getMessage() for r in caplog.records if "computing" in r.getMessage()]
     assert lines == [f"train features in {tmp_path}: weights digest {old[:12]}.. -> {new[:12]}..; computing"]
 
@@ -168,7 +176,7 @@ def test_other_images_of_the_same_length_and_labels_are_extracted_again(tmp_path
     result = extract_features(trunk, images[8:16], MAPPER, str(tmp_path))
     assert extractions == [1, 1]
     np.testing.assert_array_equal(result.labels, [d["label"] for d in images[8:16]])
-    np.testing.assert_allclose(result.features["res5"], _expected(trunk, images[8:16]), rtol=1e-4, atol=1e-5)
+    _assert_features_close(result.features["res5"], _expected(trunk, images[8:16]), trunk)
 
 
 @pytest.mark.parametrize("other_view", [
@@ -179,8 +187,7 @@ def test_other_view_is_extracted_again(tmp_path, images, trunk, extractions, oth
     extract_features(trunk, images[:4], MAPPER, str(tmp_path))
     result = extract_features(trunk, images[:4], other_view, str(tmp_path))
     assert extractions == [1, 1]
-    np.testing.assert_allclose(result.features["res5"], _expected(trunk, images[:4], other_view),
-                               rtol=1e-4, atol=1e-5)
+    _assert_features_close(result.features["res5"], _expected(trunk, images[:4], other_view), trunk)
 
 
 def test_other_pooling_is_extracted_again(tmp_path, images, trunk, extractions):

@@ -10,6 +10,7 @@ import pytest
 import torch
 from detectron2.config import instantiate
 from detectron2.utils.events import EventStorage
+from tolerances import U32, gamma
 
 from d2ssl.data.mappers.classification import ClassificationMapper
 from d2ssl.engine.train_loop import do_train
@@ -68,10 +69,14 @@ def test_votes_are_summed_exp_similarity_over_temperature():
     labels = np.array([0, 1, 1])
     query = np.array([[2.0, 0.0]], np.float32)  # normalised to (1, 0): similarities 1, 0.8, 0
     scores = knn_scores(memory, labels, query, k=2, temperature=0.5)
-    np.testing.assert_allclose(scores, [[np.exp(2.0), np.exp(1.6)]], rtol=1e-6)
+    # float32: 0.8 and 0.6 stored (u each), rows and query normalised (gamma_{D+4} per value), the
+    # D = 2 term inner product: similarities within gamma_16 of the exact ones (unit vectors), so
+    # exp(s / 0.5) within gamma_16 / 0.5 relative, plus exp's ulp (2u) and a sum of <= 3 votes.
+    rtol = gamma(16) / 0.5 + 2 * U32 + gamma(3)
+    np.testing.assert_allclose(scores, [[np.exp(2.0), np.exp(1.6)]], rtol=rtol)
     # With k=3 the third neighbour joins class 1: exp(1.6) + exp(0) < exp(2), class 0 still wins.
     scores3 = knn_scores(memory, labels, query, k=3, temperature=0.5)
-    np.testing.assert_allclose(scores3[0, 1], np.exp(1.6) + 1.0, rtol=1e-6)
+    np.testing.assert_allclose(scores3[0, 1], np.exp(1.6) + 1.0, rtol=rtol)
     assert topk_accuracy(scores3, np.array([0]), topk=(1,)) == {"top1": 100.0}
     with pytest.raises(ValueError, match="temperature > 0"):
         knn_scores(memory, labels, query, k=2, temperature=0.0)
