@@ -333,8 +333,8 @@ def test_submit_dry_run_with_eval_seeds_sends_one_job_per_seeded_step(capsys, tm
             "--submit", "--dry-run", "--log-folder", str(tmp_path / "%j")]
     assert bench.benchmark_main(argv) == 0
     text = capsys.readouterr().out
-    assert "#   after_features: array of 4 [knn, linear_grid_seed0, linear_grid_seed1, tsne], 1 GPUs, after " \
-           "features (ok)" in text
+    graph = "#   after_features: array of 4 [knn, linear_grid_seed0, linear_grid_seed1, tsne], 1 GPUs"
+    assert f"{graph}, after features (ok)" in text
     # Each job reruns tools/benchmark.py with the same seeds, so its step names resolve to the same steps.
     after = next(s for s in text.split("# ---- ")[1:] if s.startswith("after_features"))
     assert "--weights random:2 " in after and "--eval-seeds 0 1 --only" in after
