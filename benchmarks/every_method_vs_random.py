@@ -71,6 +71,13 @@ METHODS = {
 CLUSTER_CONFIG = "configs/tiny/clusterfit_cluster.py"
 
 
+def _cost(method: str) -> float:
+    """Steps x CPU seconds per step of one core (measured here): the order the pretrainings start in."""
+    per_step = {"jigsaw": 0.04, "rotnet": 0.05, "npid": 0.06, "pirl": 0.18, "jigclu": 0.07,
+                "clusterfit": 0.08}
+    return METHODS[method]["steps"] * per_step.get(method, 0.1)
+
+
 RUNNING: set[str] = set()  # the logs being written, for the progress lines
 
 
@@ -191,22 +198,50 @@ def main() -> None:
         source = METHODS[method].get("source")
         if source and source not in methods:
             methods.insert(0, source)
-    first = [(m, s) for s in args.seeds for m in methods if "source" not in METHODS[m]]
-    second = [(m, s) for s in args.seeds for m in methods if "source" in METHODS[m]]
-    pretrained = {}
+    # Tasks in priority order, each started as soon as a lane is free and what it needs is done: the
+    # sources of other methods (RotNet for ClusterFit), then the longest pretrainings (one lane is not left
+    # alone with PIRL at the end), then the evaluations (under a minute each).
+    sources = {METHODS[m].get("source") for m in methods}
+    order = sorted(methods, key=lambda m: (m not in sources, -_cost(m)))
+    tasks: list[tuple[str, str, int]] = [("pretrain", m, s) for m in order for s in args.seeds]
+    if not args.pretrain_only:
+        tasks += [("evaluate", m, s) for m in args.methods for s in args.seeds]
+        tasks += [("evaluate", "random", s) for s in random_seeds]
+    pretrained: dict[tuple[str, int], dict] = {}
+    seconds: dict[tuple[str, int], dict] = {}
     stop = threading.Event()
     if args.progress_seconds > 0:
         threading.Thread(target=print_progress, args=(args.progress_seconds, stop), daemon=True).start()
+
+    def ready(task: tuple[str, str, int]) -> bool:
+        kind, m, s = task
+        if kind == "evaluate":
+            return m == "random" or (m, s) in pretrained
+        source = METHODS[m].get("source")
+        return not source or (source, s) in pretrained
+
+    def work(task: tuple[str, str, int]) -> dict:
+        kind, m, s = task
+        if kind == "pretrain":
+            return pretrain(m, s, workdir)
+        weights = f"random:{s}" if m == "random" else pretrained[(m, s)]["checkpoint"]
+        return evaluate(weights, f"{m}_s{s}", args.eval_seeds, workdir)
+
     with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
-        for batch in (first, second):
-            pretrained.update(zip(batch, pool.map(lambda ms: pretrain(*ms, workdir), batch)))
-        if args.pretrain_only:
-            return
-        trunks = [(m, s, pretrained[(m, s)]["checkpoint"]) for m in args.methods for s in args.seeds]
-        trunks += [("random", s, f"random:{s}") for s in random_seeds]
-        seconds = dict(zip([(m, s) for m, s, _ in trunks],
-                           pool.map(lambda t: evaluate(t[2], f"{t[0]}_s{t[1]}", args.eval_seeds, workdir),
-                                    trunks)))
+        running: dict[concurrent.futures.Future, tuple[str, str, int]] = {}
+        while tasks or running:
+            for task in [t for t in tasks if ready(t)][: args.jobs - len(running)]:
+                tasks.remove(task)
+                running[pool.submit(work, task)] = task
+            done, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
+            for future in done:
+                kind, m, s = running.pop(future)
+                (pretrained if kind == "pretrain" else seconds)[(m, s)] = future.result()  # raises a failure
+    if args.pretrain_only:
+        stop.set()
+        return
+    trunks = [(m, s, pretrained[(m, s)]["checkpoint"]) for m in args.methods for s in args.seeds]
+    trunks += [("random", s, f"random:{s}") for s in random_seeds]
     stop.set()
     # Only the folders of this command: a workdir may hold other methods or seeds.
     scores = read_trunk_scores(os.path.join(workdir, "eval"))

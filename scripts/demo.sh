@@ -81,7 +81,7 @@ detect_random() {
 echo "== 1/3 pretraining the six methods, 2/3 evaluating each against three random trunks (two lanes)"
 # A failed step names its log; the margins table is printed again by the report at the end.
 "$PY" benchmarks/every_method_vs_random.py --seeds 0 --random-seeds 0 1 2 --eval-seeds 0 1 2 --jobs 2 \
-  --workdir "$OUT" --progress-seconds 30 --markdown "$OUT/margins.md" | grep -v "^|" | tee "$OUT/logs/every_method.log"
+  --workdir "$OUT" --progress-seconds 30 --markdown "$OUT/margins.md" | grep --line-buffered -v "^|" | tee "$OUT/logs/every_method.log"
 echo "== 3/3 detection transfer: RotNet trunk | random trunk"
 lanes detect_rotnet detect_random
 
