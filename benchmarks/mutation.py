@@ -140,6 +140,72 @@ DEFAULT_MAP: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
          "dataset_digest", "_unidentified", "_code_digest", "_describe", "view_description", "_changes",
          "_reusable"),
     ),
+    # Resume and load: which file is resumed (the run's own, latest stored iteration), what is refused
+    # (damaged, another architecture, no trainer state), what a save writes. Left out: _examples,
+    # _log_resume and _other_checkpoints_hint, which only word a message (no file chosen, no number).
+    # The tests that train in subprocesses or through the tool are left out (seconds each per mutant).
+    "d2ssl/engine/checkpointer.py": (
+        ("tests/engine/test_checkpointer_mutants.py", "tests/engine/test_resume_same_run.py",
+         "tests/engine/test_checkpointer.py::test_damaged_checkpoint_is_refused_and_resume_uses_the_previous_one",
+         "tests/engine/test_checkpointer.py::test_damaged_checkpoint_without_a_previous_one_is_an_error_naming_it",
+         "tests/engine/test_checkpointer.py::test_init_checkpoint_written_elsewhere_with_a_flipped_byte_is_refused",
+         "tests/engine/test_checkpointer.py::test_resume_refuses_another_architecture_before_loading_anything",
+         "tests/engine/test_checkpointer.py::test_resume_from_a_weights_only_file_is_an_error",
+         "tests/engine/test_checkpointer.py::test_init_checkpoint_may_cover_part_of_the_model_but_must_fit_it",
+         "tests/engine/test_checkpointer.py::"
+         "test_resume_fallback_takes_the_latest_training_checkpoint_never_model_best",
+         "tests/engine/test_pyth_safe_loading.py",
+         "tests/engine/test_numerical_faults.py::test_checkpointer_refuses_to_save_non_finite_weights"),
+        ("non_finite_tensors", "AtomicCheckpointer.__init__", "AtomicCheckpointer.save",
+         "AtomicCheckpointer.tag_last_checkpoint", "AtomicCheckpointer._remove_stale_checksums",
+         "AtomicCheckpointer.resume_or_load", "AtomicCheckpointer._resume_run", "AtomicCheckpointer._resume",
+         "AtomicCheckpointer._not_a_resume_target", "AtomicCheckpointer._training_checkpoints",
+         "AtomicCheckpointer.load", "AtomicCheckpointer._load_file", "AtomicCheckpointer._torch_load",
+         "AtomicCheckpointer._load_model", "AtomicCheckpointer._check_fits", "_model_zoo_checkpoint",
+         "_pycls_checkpoint", "_same_file"),
+    ),
+    # Resume state kept by hooks: the data order's start, the random states of each rank, the periodic
+    # checkpoints kept across restarts and nothing written after a failure. Every function is mutated (the
+    # warnings inside them included: a test reads them). The tests that train end to end in subprocesses
+    # (test_resume_after_kill_matches_straight_run, test_preemption) are left out: a minute per mutant.
+    "d2ssl/engine/hooks.py": (
+        ("tests/engine/test_resume_state_mutants.py",
+         "tests/engine/test_resume.py::test_random_states_survive_a_weights_only_checkpoint",
+         "tests/engine/test_resume.py::test_each_rank_gets_its_own_random_state_back",
+         "tests/engine/test_resume.py::test_resume_on_a_data_set_of_another_size_is_an_error",
+         "tests/engine/test_distributed.py::test_resume_on_another_number_of_processes",
+         "tests/engine/test_run_folder.py::test_max_to_keep_deletes_only_this_runs_checkpoints",
+         "tests/engine/test_engine_never_imports_evaluation.py::test_a_hook_node_is_instantiated_and_none_means_no_hook",
+         "tests/engine/test_engine_never_imports_evaluation.py::"
+         "test_an_old_style_monitor_section_is_an_error_naming_the_key_and_the_fix",
+         "tests/engine/test_numerical_faults.py",
+         "tests/engine/test_checkpointer.py::test_keeps_the_last_k_checkpoints_across_a_resume"),
+        (),
+    ),
+    # What number the linear benchmark reports, on which split, what it selects on. Left out: main (the
+    # tool's dispatch to do_linear_benchmark or evaluate_only, each mutated) and evaluate_only (detectron2's
+    # inference_on_dataset on a loaded model: no choice of its own). The end-to-end runs of
+    # test_linear_benchmark.py (15 s, and a kill) are left out; test_linear_mutants.py covers the held-out
+    # split they exercise.
+    "d2ssl/evaluation/linear.py": (
+        ("tests/evaluation/test_linear_mutants.py", "tests/evaluation/test_linear_selection.py",
+         "tests/evaluation/test_params_file_and_init_checkpoint_both_set_is_refused_by_every_tool.py::"
+         "test_linear_benchmark_and_its_evaluation_refuse_both",
+         "tests/test_progress_and_warnings.py::test_train_linear_without_weights_warns_naming_the_keys_to_set",
+         "tests/test_progress_and_warnings.py::test_an_asked_for_random_baseline_is_one_info_line_and_no_warning",
+         "tests/test_progress_and_warnings.py::test_random_trunk_with_weights_is_refused_naming_both",
+         "tests/test_progress_and_warnings.py::test_train_linear_with_weights_says_nothing_about_a_random_trunk"),
+        ("_BestFileCheckpointer", "_is_accuracy", "validation_source", "BestAccuracy", "EvaluationHooks",
+         "write_summary", "do_linear_benchmark", "announce_trunk_source"),
+    ),
+    # Which study a sweep continues, how many trials it runs, what a trial returns and is compared by.
+    # Left out: _tracker_callback (sends finished trials to TensorBoard/W&B, optional, no number of its own).
+    "d2ssl/evaluation/sweep.py": (
+        ("tests/evaluation/test_sweep_mutants.py", "tests/evaluation/test_sweep.py"),
+        ("Objective", "file_sha256", "_stable_name", "_sha256_json", "SearchParam", "_number", "parse_param",
+         "_study", "study_identity", "_differences", "bind_study", "_finished", "run_sweep", "trial_rows",
+         "write_sweep_report", "cached_features_objective", "_weights_digests", "linear_benchmark_objective"),
+    ),
 }
 
 # cosmic-ray offers every operator -> every other operator (12 mutants per '+'); one or two plausible
@@ -160,6 +226,10 @@ OPERATORS = (
     "core/ReplaceBreakWithContinue", "core/ReplaceContinueWithBreak",
     "core/NumberReplacer", "core/ZeroIterationForLoop", "core/ExceptionReplacer",
 )
+
+# (the reason shared by the four get_trials(deepcopy=...) mutants of sweep.py)
+_READ_ONLY_TRIALS = ("deepcopy only decides whether Optuna hands out copies of the stored trials; sweep.py "
+                     "only reads them, so every count, value and parameter is the same")
 
 # Survivors that are equivalent: (module, original line, mutated line) -> why no test can tell them apart.
 # Keyed by the text of the edit, not by mutant id, so a reason follows its line when code moves.
@@ -318,6 +388,71 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
      "data = load_torch_file(path, allow_pickle, mmap=False)"):
         "reads the tensors instead of mapping them: the same run id, iteration and keys, only slower on a "
         "large checkpoint",
+    ("d2ssl/engine/checkpointer.py",
+     'ranked.append((-1 if stored is None else stored, match.group(1) != "final", path))',
+     'ranked.append((- 2 if stored is None else stored, match.group(1) != "final", path))'):
+        "the rank of a file whose iteration cannot be read only has to lose to every stored iteration, "
+        "which the trainer writes as 0 or more: -1 and -2 both lose "
+        "(test_a_checkpoint_whose_iteration_cannot_be_read_is_resumed_last_even_after_iteration_0)",
+    ("d2ssl/engine/hooks.py",
+     "if comm.get_world_size() > 1 and self._gathered is not None:",
+     "if comm.get_world_size() >= 1 and self._gathered is not None:"):
+        "differs only in a process of one, where _gathered is always None (gather() sets it only when the "
+        "world size is above one): the same branch is taken",
+    ("d2ssl/evaluation/linear.py", 'return key.rsplit("/", 1)[-1].startswith("top")',
+     'return key.rsplit("/", 2)[-1].startswith("top")'):
+        "the last element of rsplit('/', n) is the text after the last '/' for any n >= 1: the same test",
+    ("d2ssl/evaluation/linear.py", "json.dump(summary, f, indent=2)", "json.dump(summary, f, indent= 3)"):
+        "indentation of summary.json: the parsed content, what every reader uses, is the same",
+    ("d2ssl/evaluation/sweep.py",
+     "study.optimize(optuna_objective, n_trials=n_trials - already, callbacks=callbacks)",
+     "study.optimize(optuna_objective, n_trials=n_trials + already, callbacks=callbacks)"):
+        "an upper bound the loop never reaches: MaxTrialsCallback stops it once n_trials are finished, and "
+        "each trial of this process either finishes (counted) or raises (ends the loop), so at most "
+        "n_trials - already run either way "
+        "(test_n_trials_is_the_number_of_finished_trials_to_reach_not_to_add)",
+    ("d2ssl/evaluation/sweep.py", "if already < n_trials:", "if already <= n_trials:"):
+        "differs only when already == n_trials, where the mutant calls study.optimize(n_trials=0), which "
+        "runs no trial: the same study and report",
+    ("d2ssl/evaluation/sweep.py",
+     "identity = json.loads(json.dumps(identity, sort_keys=True, default=_stable_name))  # as stored: JSON",
+     "identity = json.loads(json.dumps(identity, sort_keys=False, default=_stable_name))  # as stored: JSON"):
+        "only the key order of the normalised identity changes: it is compared as dicts (_differences sorts "
+        "the keys, == ignores order) and digested with sorted keys, so the same studies bind and refuse",
+    ("d2ssl/evaluation/sweep.py", 'if study.get_trials(deepcopy=False):',
+     'if study.get_trials(deepcopy=True):'):
+        _READ_ONLY_TRIALS,
+    ("d2ssl/evaluation/sweep.py",
+     "return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))",
+     "return len(study.get_trials(deepcopy=True, states=(TrialState.COMPLETE,)))"):
+        _READ_ONLY_TRIALS,
+    ("d2ssl/evaluation/sweep.py", 'frozen = trial.study.get_trials(deepcopy=False)[trial.number]',
+     'frozen = trial.study.get_trials(deepcopy=True)[trial.number]'):
+        _READ_ONLY_TRIALS,
+    ("d2ssl/evaluation/sweep.py", 'for t in study.get_trials(deepcopy=False):',
+     'for t in study.get_trials(deepcopy=True):'):
+        _READ_ONLY_TRIALS,
+    ("d2ssl/evaluation/sweep.py", "resolved = OmegaConf.to_container(cfg, resolve=False)",
+     "resolved = OmegaConf.to_container(cfg, resolve=True)"):
+        "d2ssl's configs interpolate only keys of the same config (no resolver reads the environment), so "
+        "the resolved values are a function of the digested content: any change of what a trial evaluates "
+        "changes both digests. They differ only between a config writing ${key} and one writing its value, "
+        "which measure the same thing",
+    ("d2ssl/evaluation/sweep.py", 'for block in iter(lambda: f.read(1 << 20), b""):',
+     'for block in iter(lambda: f.read( 2 << 20), b""):'):
+        "the read size of the hash: sha256 over the same bytes in other chunks is the same digest",
+    ("d2ssl/evaluation/sweep.py", 'for block in iter(lambda: f.read(1 << 20), b""):',
+     'for block in iter(lambda: f.read(1 << 21), b""):'):
+        "the read size of the hash: sha256 over the same bytes in other chunks is the same digest",
+    ("d2ssl/evaluation/sweep.py",
+     "return trial.suggest_categorical(self.name, self.grid(grid_points or 1))",
+     "return trial.suggest_categorical(self.name, self.grid(grid_points or 2))"):
+        "differs only when grid_points is 0 (None comes with choices, whose grid ignores the count): then a "
+        "choices parameter's grid is its choices either way, and a range's grid is empty, which GridSampler "
+        "fails on before this line is reached, the same error either way",
+    ("d2ssl/evaluation/sweep.py", '"identity": identity, "trials": rows}, f, indent=2)',
+     '"identity": identity, "trials": rows}, f, indent= 3)'):
+        "indentation of trials.json: the parsed content, what every reader uses, is the same",
 }
 
 

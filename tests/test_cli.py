@@ -225,3 +225,12 @@ def test_summarize_keeps_whole_sentences_on_one_line():
     assert summarize("One sentence that is longer than the limit.", limit=10) == (
         "One sentence that is longer than the limit.")
     assert summarize("Short.\nTwo lines.") == "Short. Two lines."
+
+
+def test_sweep_grid_points_below_one_is_refused_by_the_parser():
+    # 0 points per range would reach numpy's "'a' cannot be empty" deep in the grid sampler.
+    result = subprocess.run([sys.executable, str(REPO / "tools/sweep.py"), "--grid-points", "0"],
+                            capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 2
+    assert "error: argument --grid-points: 0 is not >= 1" in result.stderr
+    assert "Traceback" not in result.stderr

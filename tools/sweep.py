@@ -36,6 +36,14 @@ from d2ssl.evaluation.sweep import (
 )
 from d2ssl.utils.errors import reporting_errors
 
+
+def at_least_one(text: str) -> int:
+    """argparse type: an integer >= 1 (0 grid points would sample nothing and fail deep in numpy)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not >= 1")
+    return value
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -47,7 +55,8 @@ if __name__ == "__main__":
                         help="NAME=LOW:HIGH[:log] or NAME=A,B,C (repeat)")
     parser.add_argument("--sampler", choices=SAMPLERS, default="tpe")
     parser.add_argument("--n-trials", type=int, default=20, help="finished trials to reach in the study")
-    parser.add_argument("--grid-points", type=int, default=3, help="values per float range (grid sampler)")
+    parser.add_argument("--grid-points", type=at_least_one, default=3,
+                        help="values per float range (grid sampler)")
     parser.add_argument("--study-name", default="sweep")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tracker", choices=TRACKERS, default=None, help="also log trials there (off)")
