@@ -40,7 +40,8 @@ METRICS = ("linear_top1", "knn_top1@20", "knn_top1@200")
 # Jigsaw trunks layer by layer; RotNet's pretext specialises the last block). Measured on this machine:
 # tiny NPID (300 steps on 1,024 photos), JigClu (300 steps) and Jigsaw (300 steps, 64 px) do not beat a
 # random trunk on this evaluation; the 32 px RotNet does, on res4 for the linear path and both kNNs, on
-# res5 for the linear path and kNN@200 only (benchmarks/results/pretraining_vs_random*_cpu.json).
+# res5 for the linear path and kNN@200 only (benchmarks/results/pretraining_vs_random*_cpu.json). The
+# budgets at which every method does, at every layer: benchmarks/every_method_vs_random.py.
 PRETRAINING = dict(config="configs/tiny/rotnet.py", steps=300,
                    overrides=("dataloader.train.mapper.crop_size=32", "train.knn_monitor.period=0"))
 EVALUATION = dict(image_size=32, layer="res4", train_images=10000, test_images=2000)

@@ -26,6 +26,7 @@ METRICS: dict[str, tuple[str, str]] = {"linear_top1": ("linear_grid", "test_top1
                                        "knn_top1@20": ("knn", "top1@20")}
 LAYERS = ("conv1", "res2", "res3", "res4", "res5")
 RANDOM = "random"
+METHOD_ORDER = ("jigsaw", "rotnet", "npid", "pirl", "jigclu", "clusterfit")  # the README's; others after
 _TRUNK_FOLDER = re.compile(r"(?P<method>.+)_s(?P<seed>\d+)")
 
 Scores = dict[str, dict[str, list[float]]]  # {layer: {metric: [value per evaluation seed]}}
@@ -83,8 +84,10 @@ def margins(pretrained: Sequence[Scores], random: Sequence[Scores]) -> dict[str,
 def margin_summary(trunks: Mapping[str, Mapping[int, Scores]]) -> dict[str, dict[str, Any]]:
     """``margins`` of every method of ``read_trunk_scores`` against its ``random`` trunks."""
     random = list(trunks.get(RANDOM, {}).values())
-    return {method: {"seeds": sorted(by_seed), **margins(list(by_seed.values()), random)}
-            for method, by_seed in trunks.items() if method != RANDOM}
+    methods = sorted((m for m in trunks if m != RANDOM),
+                     key=lambda m: (METHOD_ORDER.index(m) if m in METHOD_ORDER else len(METHOD_ORDER), m))
+    return {method: {"seeds": sorted(trunks[method]), **margins(list(trunks[method].values()), random)}
+            for method in methods}
 
 
 def format_margins(summary: Mapping[str, Mapping[str, Any]], random_seeds: Sequence[int] = ()) -> str:
@@ -99,7 +102,7 @@ def format_margins(summary: Mapping[str, Mapping[str, Any]], random_seeds: Seque
         per_layer = ", ".join(f"{layer} {v['linear_top1']['margin']:+.1f}; {v['knn_top1@20']['margin']:+.1f}"
                               for layer, v in s["layers"].items() if len(v) == len(METRICS))
         rows.append([method, len(s["seeds"]), f"{best['layer']} {best['metric']}",
-                     f"**{best['margin']:+.2f}**" if best["margin"] > 0 else f"{best['margin']:+.2f}",
+                     f"{best['margin']:+.2f}",
                      " / ".join(f"{x:.2f}" for x in cell["pretrained"]),
                      " / ".join(f"{x:.2f}" for x in cell["random"]), f"{cell['n'][0]} vs {cell['n'][1]}",
                      per_layer])

@@ -24,17 +24,28 @@ PRETEXT_METRICS: dict[str, tuple[str, float | None]] = {
     "pirl": ("nce_top1_image", None),
     "npid": ("nce_top1", None),
     "jigclu": ("jigclu_location_accuracy", 1 / 4),
+    # Pseudo-label top-1; chance 1 / K for the run's K clusters.
+    "clusterfit": ("clusterfit_accuracy", None),
 }
 
 
-def nce_chance(run_dir: str) -> float | None:
-    """``1 / (K + 1)``: the top-1 chance level of an NCE run with K negatives (from its config.yaml)."""
+def run_chance(run_dir: str) -> float | None:
+    """The top-1 chance level of a run's pretext from its config.yaml: ``1 / (K + 1)`` for an NCE run with
+    K negatives, ``1 / K`` for a ClusterFit run's K pseudo-classes; None when the config says neither."""
     path = os.path.join(run_dir, "config.yaml")
     if not os.path.exists(path):
         return None
-    key = "model.loss.negative_sampling_params.num_negatives"
-    num_negatives = OmegaConf.select(OmegaConf.load(path), key)
-    return None if num_negatives is None else 1.0 / (num_negatives + 1)
+    cfg = OmegaConf.load(path)
+    num_negatives = OmegaConf.select(cfg, "model.loss.negative_sampling_params.num_negatives")
+    if num_negatives is not None:
+        return 1.0 / (num_negatives + 1)
+    dims = OmegaConf.select(cfg, "model.head.dims")
+    return 1.0 / int(dims[-1]) if dims and str(dims[-1]).isdigit() else None
+
+
+def _rate(value: float) -> str:
+    """Three decimals, or two significant digits below 0.001 (an NCE chance of 1/4097 is not 0.000)."""
+    return f"{value:.3f}" if value == 0 or value >= 0.001 else f"{value:.1e}"
 
 
 def shown_path(path: str) -> str:
@@ -67,9 +78,9 @@ def pretraining_rows(demo_dir: str) -> list[list]:
             rows.append([name, key, "-", "-", "-", f"({e})"])
             continue
         if chance is None:
-            chance = nce_chance(run)
-        rows.append([name, key, f"{first:.3f}", f"{last:.3f}",
-                     "-" if chance is None else f"{chance:.3f}", shown_path(run)])
+            chance = run_chance(run)
+        rows.append([name, key, _rate(first), _rate(last), "-" if chance is None else _rate(chance),
+                     shown_path(run)])
     return rows
 
 

@@ -46,7 +46,7 @@ def test_margin_is_the_worst_pretrained_run_minus_the_best_random_run(tmp_path):
     assert summary["best"] == {"layer": "res4", "metric": "linear_top1", "margin": 0.5}
     assert summary["seeds"] == [0, 1]
     table = format_margins({"rotnet": summary})
-    assert "| rotnet " in table and "**+0.50**" in table and "79.50 / 80.50 / 82.00" in table
+    assert "| rotnet " in table and " +0.50 " in table and "79.50 / 80.50 / 82.00" in table
     assert "res4 +0.5; -0.5" in table
 
 

@@ -188,6 +188,18 @@ def test_report_of_the_every_method_demo_shows_margins_once(tmp_path):
     # rotnet: worst run 81.0, best random run 78.5 -> +2.5 on the linear probe; kNN 79.0 - 75.0 = +4.0,
     # the best margin, with its spreads (one pretrained run against two random ones).
     row = next(line for line in text.splitlines() if line.startswith("| rotnet "))
-    assert "res4 knn_top1@20" in row and "**+4.00**" in row and "res4 +2.5; +4.0" in row
+    assert "res4 knn_top1@20" in row and " +4.00 " in row and "res4 +2.5; +4.0" in row
     assert "79.00 / 79.00 / 79.00" in row and "74.00 / 74.50 / 75.00" in row and "1 vs 2" in row
     assert "Benchmarks (one row per trunk" not in text  # the trunks' folders are in the margins, not twice
+
+
+def test_chance_of_clusterfit_and_of_many_negatives_is_shown(tmp_path):
+    _write_run(tmp_path / "clusterfit_s0", [{"iteration": 19, "clusterfit_accuracy": 0.06},
+                                            {"iteration": 39, "clusterfit_accuracy": 0.44}],
+               "model:\n  head:\n    dims: [128, 50]\n")
+    config = "model:\n  loss:\n    negative_sampling_params:\n      num_negatives: 4096\n"
+    npid = [{"iteration": 19, "nce_top1": 0.0}, {"iteration": 39, "nce_top1": 0.031}]
+    _write_run(tmp_path / "npid_s0", npid, config)
+    rows = {r[0]: r for r in pretraining_rows(str(tmp_path))}
+    assert rows["clusterfit_s0"][1:5] == ["clusterfit_accuracy", "0.060", "0.440", "0.020"]  # 1 / 50 clusters
+    assert rows["npid_s0"][2:5] == ["0.000", "0.031", "2.4e-04"]  # 1 / 4097, not "0.000"
