@@ -21,8 +21,9 @@ and writes JSON (and a Markdown table with ``--markdown``).
 3. Summary: per method, layer and metric, the worst pretrained score (all pretraining x evaluation
    seeds) minus the best random one; > 0 means the method beats random beyond the seed spread there.
 
-A pretraining folder is reused only when its ``settings.json`` holds the same command (the config,
-budget and seed); the evaluation is reused by content by ``tools/benchmark.py`` itself.
+A pretraining folder is reused only when its ``settings.json`` holds the same command (budget, seed,
+overrides), the same resolved config and d2ssl's version, else refused naming what differs; the evaluation
+is reused by content by ``tools/benchmark.py`` itself.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")))
+import d2ssl  # noqa: E402
 from d2ssl.utils.margins import format_margins, margin_summary, read_trunk_scores  # noqa: E402
 from d2ssl.utils.progress import describe_progress  # noqa: E402
 
@@ -114,15 +116,29 @@ def run(command: list[str], log_path: str) -> dict:
     return {"wall_s": round(time.perf_counter() - start, 1), "cpu_s": round(cpu, 1)}
 
 
+def _settings(command: list[str]) -> dict:
+    """What a step's output depends on: its command, its config as resolved with the command's overrides
+    (a config or a file it imports edited since counts) and d2ssl's version."""
+    from d2ssl.engine.run_folder import config_digest
+    from d2ssl.engine.train_loop import setup_config
+
+    config = command[command.index("--config-file") + 1]
+    overrides = [a for a in command[command.index("--config-file") + 2:] if "=" in a]
+    return {"command": command[1:], "config_digest": config_digest(setup_config(config, overrides)),
+            "d2ssl": d2ssl.__version__}
+
+
 def _settled(folder: str, settings: dict, done_file: str) -> bool:
-    """True when ``folder`` finished this very command; a folder holding another command is refused."""
+    """True when ``folder`` finished this very step; a folder holding another step is refused, naming what
+    differs."""
     path = os.path.join(folder, "settings.json")
     if os.path.isfile(path):
         with open(path) as f:
             held = json.load(f)
-        if held != settings:
-            raise SystemExit(f"error: {folder} holds a run of other settings ({path}); give another "
-                             f"--workdir")
+        differs = sorted(k for k in set(held) | set(settings) if held.get(k) != settings.get(k))
+        if differs:
+            raise SystemExit(f"error: {folder} holds a run of other {', '.join(differs)} ({path}): delete "
+                             f"the folder or give another --workdir")
         return os.path.isfile(os.path.join(folder, done_file))
     os.makedirs(folder, exist_ok=True)
     with open(path, "w") as f:
@@ -149,13 +165,13 @@ def pretrain(method: str, seed: int, workdir: str) -> dict:
                    # the source trunk's own scale
                    *(f"dataloader.{s}.mapper.{k}=32" for s in ("train", "test") for k in ("resize_size",
                                                                                           "crop_size"))]
-        if not _settled(cluster, {"command": command[1:]}, "clustering_summary.json"):
+        if not _settled(cluster, _settings(command), "clustering_summary.json"):
             seconds["cluster"] = run(command, os.path.join(cluster, "cluster.log"))
         overrides += [f"dataloader.train.dataset.labels_file={labels}",
                       f"model.head.dims=[128,{spec['clusters']}]"]
     command = [python, "tools/train_net.py", "--num-gpus", "0", "--config-file", spec["config"],
                f"train.output_dir={folder}", f"train.max_iter={spec['steps']}", *seeds, *overrides]
-    if not _settled(folder, {"command": command[1:]}, "model_final.pth"):
+    if not _settled(folder, _settings(command), "model_final.pth"):
         seconds["pretrain"] = run(command + ["--start-over"] if os.path.isfile(
             os.path.join(folder, "run.json")) else command, os.path.join(folder, "train.log"))
     done = "; ".join(f"{k} {v['wall_s']:.0f} s" for k, v in seconds.items()) or "done already"
