@@ -5,6 +5,9 @@
 # against a random bank; as soon as the bank holds real (at first, nearly identical) embeddings the
 # NCE loss climbs by orders of magnitude until they spread out, which takes far more steps than a CPU
 # demo has. InfoNCE has no Z and starts at ln(K + 1). Set model.loss.loss_type=nce for VISSL's loss.
+# What this config learns beyond a random trunk, and at which budget (3,000 steps on 5,000 photos,
+# several epochs over the bank): benchmarks/every_method_vs_random.py and its results in
+# benchmarks/results/every_method_vs_random_cpu.md.
 from detectron2.config import LazyCall as L
 
 from d2ssl.data.datasets import get_dataset_dicts

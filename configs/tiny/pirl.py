@@ -2,6 +2,9 @@
 # crop and 9 tiles of 14 px from a 48 px crop (3x3 cells of 16 px), a ResNet-18 with 16 stem channels,
 # a bank of one 128-d entry per image, 4096 negatives. InfoNCE rather than NCE, for the reason given in
 # configs/tiny/npid.py (set model.loss.loss_type=nce for VISSL's loss).
+# What this config learns beyond a random trunk, and at which budget (2,000 steps on 5,000 photos,
+# several epochs over the bank): benchmarks/every_method_vs_random.py and its results in
+# benchmarks/results/every_method_vs_random_cpu.md.
 from detectron2.config import LazyCall as L
 
 from d2ssl.data.datasets import get_dataset_dicts
