@@ -292,15 +292,14 @@ def step_overrides(step: Step, weights: str, folder: str) -> list[str]:
     return out
 
 
-def _config_step_key(step: Step, overrides: Sequence[str], known: dict[str, str]) -> tuple[str, str]:
-    """(config digest with paths blanked, digest of every data set the config names). ``known``: data set
-    digests already computed in this suite run, by the config digest of their node (steps often share
-    one, e.g. ImageNet's training set: it is listed and digested once per run, not once per step)."""
+def _config_step_key(step: Step, cfg: DictConfig, known: dict[str, str]) -> tuple[str, str]:
+    """(config digest with paths blanked, digest of every data set the config names); ``cfg``: the step's
+    config with its overrides. ``known``: data set digests already computed in this suite run, by the
+    config digest of their node (steps often share one, e.g. ImageNet's training set: it is listed and
+    digested once per run, not once per step)."""
     from d2ssl.config import instantiate_dataset
-    from d2ssl.engine.train_loop import setup_config
     from d2ssl.evaluation.features import dataset_digest
 
-    cfg = setup_config(step.config, list(overrides))
     blank = copy.deepcopy(cfg)
     for key in _PATH_KEYS:
         if OmegaConf.select(blank, key) is not None:
@@ -385,7 +384,9 @@ def _tool_logging() -> Iterator[None]:
         setup_logger.cache_clear()  # its cache would otherwise skip the handlers of a folder seen before
 
 
-def _run_config_step(step: Step, overrides: Sequence[str], num_gpus: int, folder: str) -> dict:
+def _run_config_step(step: Step, overrides: Sequence[str], num_gpus: int, folder: str,
+                     cfg: DictConfig) -> dict:
+    """Runs the step's tool (``cfg``: its config with ``overrides``, already loaded for the key)."""
     from d2ssl.engine.launch import config_device, launch_processes, parse_command_line
 
     argv = tool_command(step, overrides, num_gpus)[2:]
@@ -394,12 +395,8 @@ def _run_config_step(step: Step, overrides: Sequence[str], num_gpus: int, folder
     # was killed continues from its last checkpoint, and an empty folder starts a new run.
     with _tool_logging():
         launch_processes(_tool_main(step.kind), num_gpus, args=(args,),
-                         device=config_device(step.config, list(overrides)))
-    splits: list[str] = []
-    if step.kind == "extract_features":
-        from d2ssl.engine.train_loop import setup_config
-
-        splits = list(setup_config(step.config, list(overrides)).extraction.splits)
+                         device=config_device(step.config, list(overrides), cfg=cfg))
+    splits = list(cfg.extraction.splits) if step.kind == "extract_features" else []
     return _collect_config_results(step.kind, folder, splits)
 
 
@@ -556,9 +553,12 @@ def run_step(step: Step, output_dir: str, weights: Mapping[str, str], num_gpus: 
     start = time.perf_counter()
     try:
         if step.kind in CONFIG_KINDS:
+            from d2ssl.engine.train_loop import setup_config
+
             overrides = step_overrides(step, weights["weights"], folder)
+            cfg = setup_config(step.config, list(overrides))
             key["config_digest"], key["dataset_digest"] = _config_step_key(
-                step, overrides, {} if dataset_digests is None else dataset_digests)
+                step, cfg, {} if dataset_digests is None else dataset_digests)
             gpus = num_gpus if step.num_gpus is None else int(step.num_gpus)
             record.update(config=step.config, overrides=list(step.overrides),
                           command=shlex.join(tool_command(step, overrides, gpus)))
@@ -591,7 +591,7 @@ def run_step(step: Step, output_dir: str, weights: Mapping[str, str], num_gpus: 
     logger.info("step %s (%s): running in %s (attempt %d)", step.name, step.kind, folder, attempts)
     try:
         if step.kind in CONFIG_KINDS:
-            outcome = _run_config_step(step, overrides, gpus, folder)
+            outcome = _run_config_step(step, overrides, gpus, folder, cfg)
         else:
             outcome = _run_features_step(step, features_dir, folder)
     except Exception as e:
