@@ -10,6 +10,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from best_accuracy_driver import RecordedSaves, run_evaluations
 from detectron2.utils.events import EventStorage
 from omegaconf import OmegaConf
 from PIL import Image
@@ -30,39 +31,21 @@ from d2ssl.evaluation.linear import (
 REPO = Path(__file__).resolve().parents[2]
 
 
-class _Saves:
-    def __init__(self):
-        self.iterations = []
-
-    def save(self, name: str, iteration: int) -> None:
-        self.iterations.append(iteration)
-
-
-def _evaluate(hook: BestAccuracy, evaluations: list[dict]) -> EventStorage:
-    storage = EventStorage()
-    hook.trainer = SimpleNamespace(storage=storage)
-    for iteration, scalars in enumerate(evaluations):
-        storage.iter = iteration
-        storage.put_scalars(**scalars, smoothing_hint=False)
-        hook._best_checking()
-    return storage
-
-
 # ------------------------------------------------------------------ which evaluation is the best
 
 
 def test_of_equal_val_scores_the_first_stays_the_best():
-    saves = _Saves()
+    saves = RecordedSaves()
     hook = BestAccuracy(1, saves, "val/top1")
-    _evaluate(hook, [{"val/top1": 50.0, "top1": 10.0}, {"val/top1": 50.0, "top1": 90.0}])
+    run_evaluations(hook, [{"val/top1": 50.0, "top1": 10.0}, {"val/top1": 50.0, "top1": 90.0}])
     assert (hook.best_iter, hook.best_results["top1"]) == (0, 10.0)
     assert saves.iterations == [0]  # model_best.pth is not rewritten for a tie
 
 
 def test_a_nan_score_is_never_the_best_and_does_not_block_a_later_one():
-    saves = _Saves()
+    saves = RecordedSaves()
     hook = BestAccuracy(1, saves, "val/top1")
-    _evaluate(hook, [{"val/top1": float("nan"), "top1": 99.0}, {"val/top1": 20.0, "top1": 30.0},
+    run_evaluations(hook, [{"val/top1": float("nan"), "top1": 99.0}, {"val/top1": 20.0, "top1": 30.0},
                      {"val/top1": float("nan"), "top1": 98.0}])
     assert (hook.best_iter, hook.best_metric, hook.best_results["top1"]) == (1, 20.0, 30.0)
     assert saves.iterations == [1]
@@ -70,13 +53,13 @@ def test_a_nan_score_is_never_the_best_and_does_not_block_a_later_one():
 
 
 def test_an_evaluation_without_the_selection_metric_is_an_error_naming_it_and_what_was_logged():
-    hook = BestAccuracy(1, _Saves(), "val/top1")
+    hook = BestAccuracy(1, RecordedSaves(), "val/top1")
     with pytest.raises(KeyError, match=r"no 'val/top1'.*\['fc/top1', 'top1'\]"):
-        _evaluate(hook, [{"top1": 50.0, "fc/top1": 50.0}])
+        run_evaluations(hook, [{"top1": 50.0, "fc/top1": 50.0}])
 
 
 def test_the_results_are_this_evaluations_accuracies_only():
-    hook = BestAccuracy(1, _Saves(), "top1", save_best=False)
+    hook = BestAccuracy(1, RecordedSaves(), "top1", save_best=False)
     storage = EventStorage()
     hook.trainer = SimpleNamespace(storage=storage)
     storage.iter = 0
@@ -94,8 +77,9 @@ def test_the_results_are_this_evaluations_accuracies_only():
 
 
 def _summary(scalars: dict, selected_on: str | None) -> dict:
-    hook = BestAccuracy(1, _Saves(), "val/top1" if selected_on else "top1", save_best=bool(selected_on))
-    _evaluate(hook, [scalars])
+    hook = BestAccuracy(1, RecordedSaves(), "val/top1" if selected_on else "top1",
+                        save_best=bool(selected_on))
+    run_evaluations(hook, [scalars])
     return hook.summary(selected_on)
 
 
@@ -117,12 +101,12 @@ def test_the_best_is_labelled_by_the_split_it_was_selected_on():
 
 
 def test_before_any_evaluation_no_model_best_is_claimed():
-    summary = BestAccuracy(1, _Saves(), "val/top1").summary("dataloader.val.dataset")
+    summary = BestAccuracy(1, RecordedSaves(), "val/top1").summary("dataloader.val.dataset")
     assert summary["best"]["model_best"] is False and summary["iteration"] is None
 
 
 def test_a_checkpoint_written_before_the_last_results_were_kept_resumes_with_none():
-    hook = BestAccuracy(1, _Saves(), "top1")
+    hook = BestAccuracy(1, RecordedSaves(), "top1")
     hook.load_state_dict({"best_metric": 60.0, "best_iter": 4, "best_results": {"top1": 60.0}})
     assert (hook.last_results, hook.last_iter, hook.best_metric, hook.best_iter) == ({}, None, 60.0, 4)
 

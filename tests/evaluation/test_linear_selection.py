@@ -5,12 +5,11 @@ And the classifier's number of classes comes from, and is checked against, the d
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
-from detectron2.utils.events import EventStorage
+from best_accuracy_driver import RecordedSaves, run_evaluations
 from PIL import Image
 
 from d2ssl.engine.train_loop import setup_config
@@ -21,27 +20,10 @@ REPO = Path(__file__).resolve().parents[2]
 TINY_LINEAR = REPO / "configs/eval/tiny/linear.py"
 
 
-class _Saves:
-    def __init__(self):
-        self.iterations = []
-
-    def save(self, name: str, iteration: int) -> None:
-        self.iterations.append(iteration)
-
-
-def _run_evaluations(hook: BestAccuracy, evaluations: list[dict]) -> None:
-    storage = EventStorage()
-    hook.trainer = SimpleNamespace(storage=storage)
-    for iteration, scalars in enumerate(evaluations):
-        storage.iter = iteration
-        storage.put_scalars(**scalars, smoothing_hint=False)
-        hook._best_checking()
-
-
 def test_headline_is_the_last_evaluation_and_a_best_on_test_is_labelled_optimistic():
-    saves = _Saves()
+    saves = RecordedSaves()
     hook = BestAccuracy(1, saves, "top1", save_best=False)  # no validation split
-    _run_evaluations(hook, [{"top1": 50.0, "fc/top1": 50.0}, {"top1": 60.0, "fc/top1": 60.0},
+    run_evaluations(hook, [{"top1": 50.0, "fc/top1": 50.0}, {"top1": 60.0, "fc/top1": 60.0},
                             {"top1": 40.0, "fc/top1": 40.0}])
     summary = hook.summary(None)
     assert (summary["top1"], summary["fc/top1"], summary["iteration"]) == (40.0, 40.0, 2)
@@ -52,10 +34,10 @@ def test_headline_is_the_last_evaluation_and_a_best_on_test_is_labelled_optimist
 
 
 def test_model_best_is_selected_on_val_and_reported_by_its_test_score():
-    saves = _Saves()
+    saves = RecordedSaves()
     hook = BestAccuracy(1, saves, "val/top1", save_best=True)
     # (val, test): the test winner (iteration 2, 80) is not the val winner (iteration 1, val 60).
-    _run_evaluations(hook, [{"val/top1": 50.0, "top1": 70.0}, {"val/top1": 60.0, "top1": 55.0},
+    run_evaluations(hook, [{"val/top1": 50.0, "top1": 70.0}, {"val/top1": 60.0, "top1": 55.0},
                             {"val/top1": 40.0, "top1": 80.0}])
     summary = hook.summary("val: 0.1 of every class")
     assert summary["top1"] == 80.0 and summary["val/top1"] == 40.0  # the headline: last evaluation
@@ -64,7 +46,7 @@ def test_model_best_is_selected_on_val_and_reported_by_its_test_score():
     assert best["selected_on"] == "val: 0.1 of every class" and best["scored_on"] == "test"
     assert saves.iterations == [0, 1]  # model_best.pth follows the val score only
     # Resumed from a checkpoint, the hook reports the same.
-    again = BestAccuracy(1, _Saves(), "val/top1")
+    again = BestAccuracy(1, RecordedSaves(), "val/top1")
     again.load_state_dict(hook.state_dict())
     assert again.summary("val: 0.1 of every class") == summary
 
