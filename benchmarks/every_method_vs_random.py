@@ -32,12 +32,12 @@ import argparse
 import concurrent.futures
 import json
 import os
-import subprocess
 import sys
 import threading
-import time
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")))
+from pretraining_vs_random import run_step  # noqa: E402  (the one way the benchmarks run a timed step)
+
 import d2ssl  # noqa: E402
 from d2ssl.utils.margins import format_margins, margin_summary, read_trunk_scores  # noqa: E402
 from d2ssl.utils.progress import describe_progress  # noqa: E402
@@ -97,23 +97,12 @@ def print_progress(period: float, stop: threading.Event) -> None:
 
 
 def run(command: list[str], log_path: str) -> dict:
-    """Runs ``command`` from the repository root, output to ``log_path``; wall and CPU seconds."""
-    env = dict(os.environ)
-    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # a shared machine: one thread unless told
-        env.setdefault(name, "1")
-    start = time.perf_counter()
+    """``run_step`` (wall and CPU seconds of the command), its log shown in the progress lines meanwhile."""
     RUNNING.add(log_path)
     try:
-        with open(log_path, "w") as log:
-            process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
-            _, status, usage = os.wait4(process.pid, 0)
+        return run_step(command, log_path)
     finally:
         RUNNING.discard(log_path)
-    code = os.waitstatus_to_exitcode(status)
-    if code:
-        raise RuntimeError(f"{' '.join(command)} failed (exit {code}); see {log_path}")
-    cpu = usage.ru_utime + usage.ru_stime
-    return {"wall_s": round(time.perf_counter() - start, 1), "cpu_s": round(cpu, 1)}
 
 
 def _settings(command: list[str]) -> dict:
@@ -188,7 +177,7 @@ def evaluate(weights: str, name: str, eval_seeds: list[int], workdir: str) -> di
                   os.path.join(workdir, "eval", f"{name}.log"))
     print(f"evaluated {name}: {seconds['wall_s']:.0f} s (steps done before are skipped by content)",
           flush=True)
-    return {"seconds": seconds}
+    return seconds
 
 
 def main() -> None:
@@ -265,7 +254,7 @@ def main() -> None:
                     for m in [*args.methods, "random"]}
     runs = [{"method": m, "seed": s, "weights": os.path.relpath(w, ROOT) if os.path.isabs(w) else w,
              "scores": trunk_scores[m][s], "seconds": {**pretrained.get((m, s), {}).get("seconds", {}),
-                                                       "evaluate": seconds[(m, s)]["seconds"]}}
+                                                       "evaluate": seconds[(m, s)]}}
             for m, s, w in trunks]
     settings = {"methods": {m: METHODS[m] for m in args.methods}, "seeds": args.seeds,
                 "random_seeds": random_seeds, "eval_seeds": args.eval_seeds, "suite": SUITE,

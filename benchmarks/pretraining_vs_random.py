@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -52,18 +51,19 @@ GRID = dict(lrs=(0.001, 0.01, 0.1, 1.0), weight_decays=(0.0, 1e-4), standardize=
 
 
 def run_step(command: list[str], log_path: str) -> dict:
-    """Runs ``command`` from the repository root (output to ``log_path``); returns wall and CPU seconds."""
+    """Runs ``command`` from the repository root (output to ``log_path``); returns its wall and CPU seconds
+    (its own, not those of other steps running beside it from other threads)."""
     env = dict(os.environ)
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # a shared machine: no oversubscription by default
         env.setdefault(name, "1")
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     with open(log_path, "w") as log:
-        code = subprocess.run(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
+        _, status, usage = os.wait4(process.pid, 0)
+    code = os.waitstatus_to_exitcode(status)
     if code:
         raise SystemExit(f"{' '.join(command)} failed (exit {code}); see {log_path}")
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    cpu = usage.ru_utime + usage.ru_stime
     return {"wall_s": round(time.perf_counter() - start, 1), "cpu_s": round(cpu, 1)}
 
 
